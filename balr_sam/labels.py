@@ -1,0 +1,102 @@
+"""Label sets of the product and maps from source numberings, read from ``resources/label_maps.json``.
+
+The Synapse set uses TransUNet's preprocessed ids (1 spleen, 2 right kidney, 3 left kidney,
+4 gallbladder, 5 liver, 6 stomach, 7 aorta, 8 pancreas); ``maps`` convert raw BTCV and
+TotalSegmentator "total" label maps to those ids, every unlisted value becoming background.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Dict, List, Mapping
+
+import numpy as np
+
+__all__ = ["LabelSet", "available_label_sets", "get_label_set", "remap_labels"]
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """A named set of classes.
+
+    Attributes:
+        name: the set's name (``synapse``, ``isic2017``, ``polyp``, ``binary``).
+        labels: id -> machine name, background (0) included.
+        display_names: id -> name printed in reports (foreground classes only).
+        report_order: foreground ids in the column order of published tables.
+        maps: source numbering name -> {source value: product id}.
+    """
+
+    name: str
+    labels: Mapping[int, str]
+    display_names: Mapping[int, str]
+    report_order: List[int]
+    maps: Mapping[str, Mapping[int, int]]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output channels of a network for this set (background included)."""
+        return len(self.labels)
+
+    @property
+    def foreground(self) -> List[int]:
+        """Foreground ids in ascending order."""
+        return sorted(i for i in self.labels if i != 0)
+
+    def lookup_table(self, source: str, max_value: int) -> np.ndarray:
+        """Return an int array ``lut`` with ``lut[v]`` the product id of source value ``v``."""
+        if source not in self.maps:
+            raise KeyError(f"label set {self.name!r} has no map {source!r}; known: {sorted(self.maps)}")
+        lut = np.zeros(max_value + 1, dtype=np.int64)
+        for src, dst in self.maps[source].items():
+            if src <= max_value:
+                lut[src] = dst
+        return lut
+
+
+@lru_cache(maxsize=None)
+def _raw() -> Dict[str, dict]:
+    text = resources.files("balr_sam").joinpath("resources/label_maps.json").read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def available_label_sets() -> List[str]:
+    """Names of the label sets shipped with the product."""
+    return sorted(_raw())
+
+
+@lru_cache(maxsize=None)
+def get_label_set(name: str) -> LabelSet:
+    """Return the label set ``name`` (see :func:`available_label_sets`)."""
+    raw = _raw()
+    if name not in raw:
+        raise KeyError(f"unknown label set {name!r}; known: {available_label_sets()}")
+    entry = raw[name]
+    return LabelSet(
+        name=name,
+        labels={int(k): v for k, v in entry["labels"].items()},
+        display_names={int(k): v for k, v in entry["display_names"].items()},
+        report_order=[int(i) for i in entry["report_order"]],
+        maps={m: {int(k): int(v) for k, v in table.items()} for m, table in entry["maps"].items()},
+    )
+
+
+def remap_labels(label: np.ndarray, label_set: str, source: str) -> np.ndarray:
+    """Map a label array from a source numbering to the product's ids.
+
+    Args:
+        label: integer array of any shape, values >= 0.
+        label_set: name of the target set, e.g. ``"synapse"``.
+        source: name of the source numbering in that set's maps, e.g. ``"btcv"``, ``"totalseg"``.
+
+    Returns:
+        ``uint8`` array of the same shape; values not in the map become 0.
+    """
+    arr = np.asarray(label)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"negative label values are not valid (found {arr.min()})")
+    lut = get_label_set(label_set).lookup_table(source, int(arr.max()) if arr.size else 0)
+    return lut[arr.astype(np.int64)].astype(np.uint8)
