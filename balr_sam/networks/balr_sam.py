@@ -1,0 +1,200 @@
+"""BALR-SAM: SAM + low-rank ViT adapters + CDEN boundary branch + low-rank tensor decoder attention.
+
+The network follows the MONAI network contract (as ``monai.networks.nets.CellSamWrapper``):
+``forward(x)`` takes ``B x C x H x W`` floats of any ``H, W`` (``C = 1`` is repeated to 3),
+resizes them to the model's ``img_size`` and returns ``B x num_classes x H x W`` logits.
+
+Inputs are intensities in ``[0, 1]`` (a windowed CT slice, an RGB image divided by 255); they
+are multiplied by ``input_scale`` (255) and normalised with SAM's pixel mean and std, the
+distribution SAM was pretrained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from torch import nn
+
+from balr_sam.networks.adapters import adapter_modules, inject_adapters, merge_adapters, unmerge_adapters
+from balr_sam.networks.cden import CDEN
+from balr_sam.networks.checkpoint import PathLike, load_sam_weights, read_sam_state_dict
+from balr_sam.networks.decoder import PromptFreeMaskDecoder
+from balr_sam.networks.variants import build_sam, check_img_size, get_variant
+
+__all__ = ["BALRSAMConfig", "BALRSAM", "build_balr_sam", "FROZEN_PREFIXES"]
+
+# Parts of the model that are SAM's frozen base weights (adapter weights inside them excepted).
+FROZEN_PREFIXES = ("image_encoder.", "prompt_encoder.")
+
+# Defaults that differ for the tiny demo variant (its embedding has 128 channels).
+_VARIANT_DEFAULTS: Dict[str, Dict[str, Any]] = {"vit_t": {"cden_width": 16, "adapter_rank": 4}}
+
+
+@dataclass
+class BALRSAMConfig:
+    """Everything needed to rebuild a BALR-SAM model (saved in trainable-only checkpoints).
+
+    Attributes:
+        variant: SAM variant (``vit_b``, ``vit_l``, ``vit_h``, ``vit_s``, ``vit_t``).
+        num_classes: output channels, background included.
+        img_size: model input size (multiple of 16); 1024 is SAM's, 512 SAMed's for Synapse.
+        use_adapters, adapter_rank, adapter_alpha, adapter_dropout: low-rank ViT adapters.
+        use_cden, cden_width: the CDEN boundary branch.
+        use_lowrank_attention, decoder_rank_ratio: decoder attention (per-head rank / head size).
+        input_scale: factor applied to ``[0, 1]`` inputs before SAM's pixel normalisation.
+    """
+
+    variant: str = "vit_b"
+    num_classes: int = 9
+    img_size: int = 512
+    use_adapters: bool = True
+    adapter_rank: int = 22
+    adapter_alpha: Optional[float] = None
+    adapter_dropout: float = 0.0
+    use_cden: bool = True
+    cden_width: int = 48
+    use_lowrank_attention: bool = True
+    decoder_rank_ratio: float = 0.25
+    input_scale: float = 255.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BALRSAMConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown BALR-SAM options: {unknown}")
+        return cls(**dict(data))
+
+
+class BALRSAM(nn.Module):
+    """The BALR-SAM network, built around a ``segment_anything`` :class:`Sam`.
+
+    Use :func:`build_balr_sam` to construct one (optionally from an official SAM checkpoint).
+    ``BALRSAM(sam, config)`` takes a :class:`Sam` already holding the base weights at
+    ``config.img_size`` and converts it in place: adapters are injected into the image encoder,
+    the decoder attentions are decomposed from the pretrained Q/K/V weights, then the SAM
+    encoder and prompt encoder are frozen.
+    """
+
+    def __init__(self, sam: Sam, config: BALRSAMConfig) -> None:
+        super().__init__()
+        self.config = config
+        spec = get_variant(config.variant)
+        self.img_size = check_img_size(config.img_size)
+        self.num_classes = config.num_classes
+        self.image_encoder = sam.image_encoder
+        self.prompt_encoder = sam.prompt_encoder
+        if self.image_encoder.img_size != self.img_size:
+            raise ValueError(f"SAM was built for {self.image_encoder.img_size} inputs, config says {self.img_size}")
+        if config.use_adapters:
+            inject_adapters(self.image_encoder, rank=config.adapter_rank, alpha=config.adapter_alpha, dropout=config.adapter_dropout)
+        self.cden = CDEN(spec.prompt_embed_dim, width=config.cden_width).to(sam.pixel_mean.device) if config.use_cden else None
+        self.mask_decoder = PromptFreeMaskDecoder(
+            sam.mask_decoder,
+            config.num_classes,
+            low_rank_attention=config.use_lowrank_attention,
+            rank_ratio=config.decoder_rank_ratio,
+        )
+        self.register_buffer("pixel_mean", sam.pixel_mean.clone(), persistent=False)
+        self.register_buffer("pixel_std", sam.pixel_std.clone(), persistent=False)
+        self.freeze_base()
+
+    # ----------------------------------------------------------------------------------- forward
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1|3, H, W)`` intensities in [0, 1] -> ``(B, 3, S, S)`` SAM-normalised model input."""
+        if x.ndim != 4:
+            raise ValueError(f"expected a B x C x H x W tensor, got shape {tuple(x.shape)}")
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] != 3:
+            raise ValueError(f"expected 1 or 3 input channels, got {x.shape[1]}")
+        x = x.to(self.pixel_mean.dtype) if not torch.is_floating_point(x) else x
+        if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        return (x * self.config.input_scale - self.pixel_mean) / self.pixel_std
+
+    def image_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """SAM-normalised ``(B, 3, S, S)`` -> fused embedding ``(B, C, S/16, S/16)`` (ViT + CDEN)."""
+        embedding = self.image_encoder(x)
+        if self.cden is not None:
+            embedding = embedding + self.cden(x)
+        return embedding
+
+    def forward_low_res(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1|3, H, W)`` in [0, 1] -> low-resolution logits ``(B, K, S/4, S/4)``."""
+        embedding = self.image_embeddings(self.preprocess(x))
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), dense)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1|3, H, W)`` in [0, 1] -> logits ``(B, num_classes, H, W)``."""
+        logits = self.forward_low_res(x)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    # ------------------------------------------------------------------------ freezing policy
+    def freeze_base(self) -> None:
+        """Freeze SAM's image encoder and prompt encoder; adapters, CDEN and decoder stay trainable."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(not self.is_base_key(name))
+
+    @staticmethod
+    def is_base_key(name: str) -> bool:
+        """Whether a state-dict key belongs to SAM's frozen base weights (adapters excluded)."""
+        return name.startswith(FROZEN_PREFIXES) and ".lora_" not in name
+
+    # ----------------------------------------------------------------------- adapters merging
+    def merge_adapters(self) -> int:
+        """Fold every adapter into the frozen encoder weights (inference); returns the count."""
+        return merge_adapters(self)
+
+    def unmerge_adapters(self) -> int:
+        """Undo :meth:`merge_adapters` (training); returns the count."""
+        return unmerge_adapters(self)
+
+    @property
+    def adapters_merged(self) -> bool:
+        return any(m.merged for m in adapter_modules(self))
+
+
+def build_balr_sam(
+    variant: str = "vit_b",
+    num_classes: int = 9,
+    img_size: int = 512,
+    sam_checkpoint: Optional[PathLike] = None,
+    device: Optional[torch.device] = None,
+    encoder_device: Optional[torch.device] = None,
+    **options: Any,
+) -> BALRSAM:
+    """Build BALR-SAM, optionally on Meta's official SAM weights.
+
+    Args:
+        variant: ``vit_b``, ``vit_l``, ``vit_h`` (official shapes) or ``vit_s``, ``vit_t`` (small).
+        num_classes: output channels including background (9 for Synapse, 2 for ISIC/polyp).
+        img_size: model input size, any multiple of 16 (1024 = SAM's, 512 = SAMed's).
+        sam_checkpoint: official SAM checkpoint (``sam_vit_b_01ec64.pth`` ...), read with
+            ``weights_only=True``; position tables are resized when ``img_size != 1024``.
+            ``None`` keeps random weights (tests, demo).
+        device: where to build the model.
+        encoder_device: where to build SAM's image encoder if not ``device``;
+            ``torch.device("meta")`` skips allocating it (parameter counting, no checkpoint).
+        **options: any :class:`BALRSAMConfig` field (``adapter_rank``, ``use_cden``, ...).
+
+    Raises:
+        CheckpointError: the checkpoint is missing, unreadable, unsafe or of another variant.
+    """
+    settings: Dict[str, Any] = dict(_VARIANT_DEFAULTS.get(variant, {}))
+    settings.update(options)
+    config = BALRSAMConfig.from_dict({"variant": variant, "num_classes": num_classes, "img_size": img_size, **settings})
+    get_variant(variant)
+    sam = build_sam(variant, img_size=check_img_size(img_size), device=device, encoder_device=encoder_device)
+    if sam_checkpoint is not None:
+        load_sam_weights(sam, read_sam_state_dict(sam_checkpoint), source=sam_checkpoint)
+    return BALRSAM(sam, config)
+
