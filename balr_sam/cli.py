@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "balr_sam.commands.summary",
     "balr_sam.commands.prepare",
     "balr_sam.commands.synth",
+    "balr_sam.commands.evaluate",
 )
 
 
