@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "balr_sam.commands.prepare",
     "balr_sam.commands.synth",
     "balr_sam.commands.evaluate",
+    "balr_sam.commands.infer",
+    "balr_sam.commands.demo",
 )
 
 

@@ -47,7 +47,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -68,6 +68,7 @@ __all__ = [
     "LabelVolume",
     "CaseResult",
     "EvaluationResult",
+    "evaluate_pairs",
     "case_key",
     "list_case_files",
     "pair_cases",
@@ -695,6 +696,40 @@ def evaluate_folder(
     Raises:
         DataError: missing or empty folders, no evaluable case at all, an existing result.
     """
+    pred_dir, label_dir = Path(pred_dir), Path(label_dir)
+    pairs, problems = pair_cases(pred_dir, label_dir)
+    return evaluate_pairs(
+        pairs, output_dir, image_index=_image_index(image_dir), problems=problems, label_set=label_set,
+        label_map=label_map, pred_label_map=pred_label_map, protocol=protocol, device=device,
+        method_name=method_name or pred_dir.resolve().name, num_overlays=num_overlays, overwrite=overwrite,
+        distance_method=distance_method, progress=progress, sources={"pred_dir": str(pred_dir), "label_dir": str(label_dir)},
+    )
+
+
+def evaluate_pairs(
+    pairs: Sequence[Tuple[str, Path, Path]],
+    output_dir: Union[str, Path],
+    image_index: Optional[Mapping[str, Path]] = None,
+    problems: Sequence[Tuple[str, str]] = (),
+    label_set: str = "synapse",
+    label_map: str = "identity",
+    pred_label_map: str = "identity",
+    protocol: str = "transunet",
+    device: Optional[Union[str, torch.device]] = None,
+    method_name: str = "BALR-SAM",
+    num_overlays: int = 2,
+    overwrite: bool = False,
+    distance_method: str = "auto",
+    progress: bool = True,
+    sources: Optional[Mapping[str, str]] = None,
+) -> EvaluationResult:
+    """Evaluate explicit ``(case, prediction, label)`` triples and write the reports.
+
+    :func:`evaluate_folder` pairs two folders by name and calls this; the bundle's evaluation
+    pairs a datalist's items with their predictions. ``image_index`` maps case names (or label
+    stems) to images for the overlays, ``problems`` are ``(case, error)`` found while pairing,
+    ``sources`` are recorded in the summary. Other arguments as :func:`evaluate_folder`.
+    """
     from tqdm.auto import tqdm
 
     if protocol not in PROTOCOLS:
@@ -704,9 +739,8 @@ def evaluate_folder(
         if m not in lset.maps:
             raise BalrSamError(f"{which} {m!r} is not a map of label set {label_set!r}; known: {sorted(lset.maps)}")
     dev = resolve_device(device)
-    pred_dir, label_dir, output_dir = Path(pred_dir), Path(label_dir), Path(output_dir)
-    pairs, problems = pair_cases(pred_dir, label_dir)
-    images = _image_index(image_dir)
+    output_dir = Path(output_dir)
+    images = dict(image_index or {})
     _prepare_output(output_dir, overwrite)
 
     failed: List[Tuple[str, str]] = list(problems)
@@ -725,7 +759,8 @@ def evaluate_folder(
         cases.append(res)
     if not cases:
         first = failed[0][1] if failed else "no case"
-        raise DataError(f"{pred_dir}: no case could be evaluated (first problem: {first})")
+        where = (sources or {}).get("pred_dir", str(output_dir))
+        raise DataError(f"{where}: no case could be evaluated (first problem: {first})")
     dims = sorted({c.ndim for c in cases})
 
     raw = torch.stack([c.raw for c in cases])
@@ -739,8 +774,7 @@ def evaluate_folder(
             "spatial_dims": dims[0] if len(dims) == 1 else dims,
             "spacing_source": "label header (affine column norms); raster images: 1",
             "device": str(dev),
-            "pred_dir": str(pred_dir),
-            "label_dir": str(label_dir),
+            **dict(sources or {}),
             "num_failed": len(failed),
             "failed": [{"case": c, "error": e} for c, e in sorted(failed)],
             "cases": [
@@ -755,7 +789,7 @@ def evaluate_folder(
             ],
         }
     )
-    name = method_name or pred_dir.resolve().name
+    name = method_name
     summary["method"] = name
 
     files = [output_dir / f for f in _RESULT_FILES]

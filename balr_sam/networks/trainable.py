@@ -6,7 +6,9 @@ SAM base weights it was trained on. Loading it onto other base weights (another 
 SAM release, random weights) fails loudly instead of producing silently wrong segmentations.
 
 The file is a plain dict of tensors, strings and numbers, so it is read with
-``torch.load(..., weights_only=True)``.
+``torch.load(..., weights_only=True)``. The weights sit under ``"model"``, where MONAI's and
+MONAI Label's checkpoint loaders look for a bundle's ``models/model.pt`` state dict; loaded
+non-strictly into a network built on the SAM checkpoint, they give the trained model.
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -132,7 +137,7 @@ def save_trainable_checkpoint(model: BALRSAM, path: PathLike, extra: Optional[Ma
         "format": CHECKPOINT_FORMAT,
         "config": model.config.to_dict(),
         "base_fingerprint": base_fingerprint(model),
-        "state_dict": trainable_state_dict(model),
+        "model": trainable_state_dict(model),
         "extra": dict(extra or {}),
     }
     _atomic_save(payload, path)
@@ -173,5 +178,5 @@ def load_balr_sam(checkpoint: PathLike, sam_checkpoint: Optional[PathLike] = Non
                 f"{checkpoint}: was trained on other SAM base weights than {base}: {len(bad)} base tensors differ "
                 f"(e.g. {', '.join(bad[:3])}); pass the SAM checkpoint used for training"
             )
-    load_trainable_state_dict(model, payload["state_dict"], source=str(checkpoint))
+    load_trainable_state_dict(model, payload["model"], source=str(checkpoint))
     return model

@@ -1,0 +1,116 @@
+"""``balr-sam infer INPUT OUTPUT``: segment a folder of CT volumes, DICOM series or 2D images.
+
+The network, preprocessing, inferer and postprocessing come from the bundle's
+``configs/inference.json`` (plus ``--config`` override files, e.g. ``configs/isic2017.json``);
+the trained weights from ``models/model.pt`` (or ``--checkpoint``). See
+:mod:`balr_sam.inference` for the guarantees (exact geometry, skip-what-exists, atomic writes,
+per-case errors, ``torchrun`` splitting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from balr_sam.errors import BalrSamError, DataError
+from balr_sam.inference import InferenceItem, find_inputs, rank_and_world_size, run_batch_inference, split_for_rank
+
+__all__ = ["register", "BundlePredictor", "default_bundle_dir"]
+
+
+def default_bundle_dir() -> Path:
+    """The repository's ``bundle/`` folder (when running from a source checkout), else ``./bundle``."""
+    here = Path(__file__).resolve().parents[2] / "bundle"
+    return here if (here / "configs" / "inference.json").is_file() else Path("bundle")
+
+
+class BundlePredictor:
+    """The bundle's inference components, loaded once, applied to one case at a time.
+
+    Args:
+        bundle_dir: bundle folder (``configs/inference.json``, ``models/model.pt``).
+        checkpoint: trained weights (default ``<bundle>/models/model.pt``).
+        sam_checkpoint: the SAM checkpoint the model was trained on.
+        config_files: override files merged after ``inference.json``.
+        overrides: ``{id: value}`` set on the parsed config (``device``, ``sw_batch_size``, ...).
+        check_base: refuse weights trained on other SAM base weights.
+    """
+
+    def __init__(self, bundle_dir: Path, checkpoint: Optional[Path] = None, sam_checkpoint: Optional[Path] = None, config_files: Tuple[Path, ...] = (), overrides: Optional[dict] = None, check_base: bool = True) -> None:
+        from monai.bundle import ConfigParser
+
+        from balr_sam.engine.handlers import load_trained_weights
+        from balr_sam.labels import get_label_set
+
+        config = bundle_dir / "configs" / "inference.json"
+        if not config.is_file():
+            raise BalrSamError(f"{config}: no inference config there (is --bundle the bundle folder?)")
+        parser = ConfigParser()
+        parser.read_config([str(config), *map(str, config_files)])
+        parser["bundle_root"] = str(bundle_dir)
+        if sam_checkpoint is not None:
+            parser["sam_checkpoint"] = str(sam_checkpoint)
+        for key, value in (overrides or {}).items():
+            parser[key] = value
+        self.checkpoint = Path(checkpoint) if checkpoint else Path(parser.get_parsed_content("checkpoint"))
+        if not self.checkpoint.is_file():
+            raise BalrSamError(f"{self.checkpoint}: no trained model there; train the bundle first (or pass --checkpoint)")
+        self.device = parser.get_parsed_content("device")
+        self.amp = bool(parser.get_parsed_content("amp"))
+        self.network = parser.get_parsed_content("network")
+        load_trained_weights(self.network, self.checkpoint, merge=True, check_base=check_base)
+        self.network.eval()
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.inferer = parser.get_parsed_content("inferer")
+        self.postprocessing = parser.get_parsed_content("postprocessing")
+        self.kind = str(parser.get("kind", "volume"))
+        self.label_names = dict(get_label_set(parser.get_parsed_content("label_set")).labels)
+
+    def __call__(self, item: InferenceItem) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        if item.kind != self.kind:
+            raise DataError(f"{item.image}: a {item.kind} input, but this bundle configuration segments {self.kind} inputs (see --config)")
+        data = self.preprocessing({"image": item.image})
+        image = data["image"]
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
+            data["pred"] = self.inferer(image[None].to(self.device), self.network)[0].float().cpu()
+        data = self.postprocessing(data)
+        labels = np.asarray(data["pred"].detach().cpu().numpy()[0]).astype(np.uint8)
+        if self.kind != "volume":
+            return labels, None
+        return labels, np.asarray(image.meta["original_affine"], dtype=np.float64)
+
+
+def run(args: argparse.Namespace) -> int:
+    bundle = Path(args.bundle) if args.bundle else default_bundle_dir()
+    overrides: dict = {}
+    if args.device:
+        overrides["device"] = f"$torch.device({args.device!r})"
+    items: List[InferenceItem] = find_inputs(args.input)
+    rank, world = rank_and_world_size()
+    mine = split_for_rank(items, rank, world)
+    predictor = BundlePredictor(bundle, args.checkpoint, args.sam_checkpoint, tuple(Path(c) for c in args.config), overrides)
+    report = run_batch_inference(mine, args.output, predictor, predictor.label_names, model_name=str(predictor.checkpoint), overwrite=args.overwrite, progress=not args.no_progress and rank == 0)
+    where = f" (rank {rank} of {world})" if world > 1 else ""
+    print(f"balr-sam infer{where}: {len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
+    for case, reason in report.failed:
+        print(f"  failed: {case}: {reason}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("infer", help="segment a folder of CT volumes, DICOM series or 2D images", description=__doc__)
+    parser.add_argument("input", help="a volume, a DICOM series folder, a 2D image, or a folder of those")
+    parser.add_argument("output", help="output folder (one <case>.nii.gz / <case>.png and <case>.json per case)")
+    parser.add_argument("--bundle", default=None, help="bundle folder (default: this repository's bundle/)")
+    parser.add_argument("--checkpoint", default=None, help="trained weights (default: <bundle>/models/model.pt)")
+    parser.add_argument("--sam-checkpoint", default=None, help="the SAM checkpoint the model was trained on")
+    parser.add_argument("--config", action="append", default=[], help="override config file merged after inference.json (repeatable)")
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the config's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping them")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)

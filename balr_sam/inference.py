@@ -1,0 +1,285 @@
+"""Batch inference over a folder of CT volumes (NIfTI, DICOM series) or 2D images, through the bundle.
+
+The components (network, preprocessing, inferer, postprocessing) come from the bundle's
+``inference.json``; this module drives them case by case with the guarantees an unattended
+pipeline needs:
+
+* one label map per case, ``<case>.nii.gz`` (``<case>.png`` for 2D images), in the input's exact
+  shape, affine and orientation, plus a ``<case>.json`` sidecar naming the labels;
+* finished cases are skipped on a re-run (``overwrite=False``); nothing existing is replaced
+  unless asked;
+* every file is written to a temporary name in the output folder and renamed into place, so an
+  interrupted run never leaves a half-written output;
+* a per-case lock file (atomic ``O_CREAT | O_EXCL``) keeps two processes on the same output
+  folder from writing the same case; locks of dead processes are taken over;
+* a bad case is reported with a one-line error and the others go on; the caller gets the list of
+  failures (the command exits non-zero if any);
+* under ``torchrun`` the case list is split across ranks (every case is written exactly once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from balr_sam.data.io import IMAGE2D_SUFFIXES, VOLUME_SUFFIXES, is_dicom_series_dir, strip_suffix
+from balr_sam.errors import DataError
+
+__all__ = [
+    "InferenceItem",
+    "InferenceReport",
+    "find_inputs",
+    "split_for_rank",
+    "CaseLock",
+    "atomic_write_bytes",
+    "write_label_nifti",
+    "write_label_png",
+    "run_batch_inference",
+    "rank_and_world_size",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class InferenceItem:
+    """One case: ``case`` name (output stem), ``image`` path (file or DICOM folder), ``kind`` (``volume``/``image2d``)."""
+
+    case: str
+    image: str
+    kind: str
+
+
+@dataclass
+class InferenceReport:
+    """What a batch run did: cases written, skipped (done or locked by another process) and failed."""
+
+    written: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    failed: List[Tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def find_inputs(source: PathLike) -> List[InferenceItem]:
+    """Cases in ``source``: a volume file, a 2D image, a DICOM series folder, or a folder of those.
+
+    A folder is scanned one level deep: volume files (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``),
+    2D images (``.png``, ``.jpg``, ...) and sub-folders that hold a DICOM series. Hidden files are
+    ignored. Case names are file names without suffix (folder names for DICOM series).
+
+    Raises:
+        DataError: ``source`` does not exist, or holds nothing to segment.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file() or is_dicom_series_dir(path):
+        item = _item(path)
+        if item is None:
+            raise DataError(f"{path}: not a volume ({', '.join(VOLUME_SUFFIXES)}), a 2D image or a DICOM series folder")
+        return [item]
+    items = [it for p in sorted(path.iterdir()) if not p.name.startswith(".") and (it := _item(p)) is not None]
+    if not items:
+        raise DataError(f"{path}: empty folder: no NIfTI/NRRD/MHA volume, 2D image or DICOM series in it")
+    names = [it.case for it in items]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"{path}: several inputs would write the same output: {', '.join(duplicates)}")
+    return items
+
+
+def _item(path: Path) -> Optional[InferenceItem]:
+    name = path.name.lower()
+    if path.is_dir():
+        return InferenceItem(path.name, str(path), "volume") if is_dicom_series_dir(path) else None
+    if name.endswith(VOLUME_SUFFIXES):
+        return InferenceItem(strip_suffix(path.name), str(path), "volume")
+    if name.endswith(IMAGE2D_SUFFIXES):
+        return InferenceItem(strip_suffix(path.name), str(path), "image2d")
+    return None
+
+
+def split_for_rank(items: Sequence[InferenceItem], rank: int, world_size: int) -> List[InferenceItem]:
+    """The items rank ``rank`` of ``world_size`` processes handles (round robin, disjoint, complete)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"invalid rank {rank} of world size {world_size}")
+    return list(items[rank::world_size])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CaseLock:
+    """An exclusive per-output lock file ``<output>.lock``, created atomically.
+
+    ``acquired`` is False when another live process holds the lock. A lock left by a process
+    that no longer runs (on this host) is taken over, so a killed run does not block its re-run.
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.path = output.with_name(output.name + ".lock")
+        self.acquired = False
+
+    def __enter__(self) -> "CaseLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._stale():
+                    self.path.unlink(missing_ok=True)
+                    continue
+                return self
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+            self.acquired = True
+            return self
+        return self
+
+    def _stale(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()
+        except (OSError, ValueError):
+            return False  # being written right now, or unreadable: not ours to take
+        return host == socket.gethostname() and not _pid_alive(int(pid))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.acquired:
+            self.path.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, write: Callable[[str], None], suffix: str) -> None:
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_label_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
+    """Write a ``X x Y x Z`` label array as uint8 NIfTI with ``affine`` (voxel -> RAS), atomically."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), np.asarray(affine, dtype=np.float64))
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    atomic_write_bytes(path, lambda tmp: nib.save(image, tmp), ".nii.gz")
+
+
+def write_label_png(path: Path, labels: np.ndarray, scale: int = 255) -> None:
+    """Write a ``H x W`` binary/label array as an 8-bit PNG (foreground ``scale``), atomically."""
+    from PIL import Image
+
+    data = np.clip(np.asarray(labels) * scale, 0, 255).astype(np.uint8)
+    atomic_write_bytes(path, lambda tmp: Image.fromarray(data).save(tmp, format="PNG"), ".png")
+
+
+def _sidecar(item: InferenceItem, output: Path, label_names: Mapping[Any, str], model: str) -> Dict[str, Any]:
+    return {
+        "case": item.case,
+        "input": str(Path(item.image).resolve()),
+        "output": output.name,
+        "labels": {str(k): v for k, v in label_names.items()},
+        "model": model,
+    }
+
+
+def run_batch_inference(
+    items: Sequence[InferenceItem],
+    output_dir: PathLike,
+    predict: Callable[[InferenceItem], Tuple[np.ndarray, Optional[np.ndarray]]],
+    label_names: Mapping[Any, str],
+    model_name: str = "BALR-SAM",
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> InferenceReport:
+    """Segment ``items`` one by one with ``predict`` and write the results safely.
+
+    Args:
+        items: the cases (see :func:`find_inputs`, :func:`split_for_rank`).
+        output_dir: created if needed.
+        predict: ``item -> (labels, affine)``: ``labels`` is ``X x Y x Z`` (volumes, in the input's
+            voxel grid) or ``H x W`` (2D images, ``affine`` None).
+        label_names: id -> name, written to each case's sidecar.
+        model_name: recorded in the sidecars.
+        overwrite: replace existing outputs instead of skipping them.
+        progress: tqdm progress bar.
+        log: where one-line messages go.
+
+    Returns:
+        the :class:`InferenceReport`; failures carry ``(case, one-line reason)``.
+    """
+    from tqdm.auto import tqdm
+
+    from balr_sam.data.transforms import find_data_error
+
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = InferenceReport()
+    bar = tqdm(items, desc="infer", unit="case", disable=not progress)
+    for item in bar:
+        output = out_dir / f"{item.case}{'.png' if item.kind == 'image2d' else '.nii.gz'}"
+        if output.exists() and not overwrite:
+            report.skipped.append(item.case)
+            continue
+        with CaseLock(output) as lock:
+            if not lock.acquired:
+                report.skipped.append(item.case)
+                continue
+            try:
+                labels, affine = predict(item)
+                sidecar = out_dir / f"{item.case}.json"
+                text = json.dumps(_sidecar(item, output, label_names, model_name), indent=2) + "\n"
+                atomic_write_bytes(sidecar, lambda tmp: Path(tmp).write_text(text), ".json")
+                if item.kind == "image2d":
+                    write_label_png(output, labels)
+                else:
+                    write_label_nifti(output, labels, affine)
+                report.written.append(item.case)
+            except Exception as err:  # one bad case must not stop the others
+                data_error = find_data_error(err)
+                reason = str(data_error) if data_error is not None else f"{item.image}: {type(err).__name__}: {_first_line(err)}"
+                report.failed.append((item.case, reason))
+                log(f"balr-sam infer: case {item.case} failed: {reason}")
+    return report
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def rank_and_world_size() -> Tuple[int, int]:
+    """``(rank, world_size)`` from ``torch.distributed`` if initialised, else from torchrun's variables."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
