@@ -79,8 +79,15 @@ def write_evaluation_report(
     protocol: str = "transunet",
     method_name: str = "BALR-SAM",
     overwrite: bool = True,
+    label_set: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Per-case CSV, summary JSON/Markdown and overlays for a split's predictions.
+
+    A 2D datalist (format ``image2d``: ISIC 2017, polyps) is scored by its task's protocol
+    instead, by :func:`balr_sam.evaluation2d.evaluate_2d_predictions`: ``label_set`` (the bundle
+    config's; default the datalist's) picks it (``isic2017``: pooled confusion matrix, others:
+    PraNet's per-image means per test set); ``protocol`` is used only when it names one of
+    those (``transunet``/``clinical`` are CT empty-case rules).
 
     Each datalist item of ``split`` is paired with ``prediction_dir / pred_name`` where ``case`` is
     the image's name without suffix (``SaveImaged``'s ``<name>_seg.nii.gz``, or ``balr-sam
@@ -94,6 +101,13 @@ def write_evaluation_report(
     from balr_sam.evaluation import evaluate_pairs
 
     info = read_datalist(datalist)
+    if info.get("format") == "image2d":
+        from balr_sam.evaluation2d import PROTOCOLS_2D, evaluate_2d_predictions
+
+        return evaluate_2d_predictions(
+            datalist, split, prediction_dir, output_dir, protocol=protocol if protocol in PROTOCOLS_2D else None,
+            label_set=label_set, pred_names=(pred_name, "{case}.png"), method_name=method_name, overwrite=overwrite,
+        )
     items = load_datalist(datalist, split)
     pairs, problems, images = [], [], {}
     for item in items:

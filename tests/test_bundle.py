@@ -24,12 +24,12 @@ SCHEMA = REPO / "bundle" / "schema" / "metadata_schema.json"
 OFFICIAL_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json"
 
 
-def test_train_and_infer_workflows_have_every_required_property(tiny_dataset: dict) -> None:
-    train = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train", dataset_dir=tiny_dataset["dataset_dir"])
+def test_train_and_infer_workflows_have_every_required_property(tiny_dataset: dict, tmp_path: Path) -> None:
+    train = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train", dataset_dir=tiny_dataset["dataset_dir"], bundle_root=str(tmp_path))
     train.initialize()
     assert train.check_properties() == []
     images = str(Path(tiny_dataset["dataset_dir"]) / "img")
-    infer = ConfigWorkflow(config_file=INFER, meta_file=META, workflow_type="infer", dataset_dir=images, variant="vit_t", img_size=64)
+    infer = ConfigWorkflow(config_file=INFER, meta_file=META, workflow_type="infer", dataset_dir=images, variant="vit_t", img_size=64, bundle_root=str(tmp_path))
     infer.initialize()
     assert infer.check_properties() == []
 

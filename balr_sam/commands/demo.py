@@ -84,7 +84,8 @@ def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int 
         shutil.copy2(item["image"], inputs / Path(item["image"]).name)
     predictions = output / "predictions"
     _say(f"5/6 batch inference on {len(test_items)} held-out NIfTI volumes in {inputs} -> {predictions}")
-    predictor = BundlePredictor(bundle, model, sam_ckpt, (bundle / "configs" / "demo.json",))
+    network_overrides = {k: v for k, v in (extra_overrides or {}).items() if k in ("variant", "img_size", "num_classes")}
+    predictor = BundlePredictor(bundle, model, sam_ckpt, (bundle / "configs" / "demo.json",), overrides=network_overrides)
     from balr_sam.inference import find_inputs
 
     report = run_batch_inference(find_inputs(inputs), predictions, predictor, predictor.label_names, model_name=str(model), progress=False)

@@ -23,7 +23,7 @@ from balr_sam.networks.trainable import (
     trainable_state_dict,
 )
 
-__all__ = ["TrainableWeights", "LoadTrainedModel", "load_trained_weights", "AtomicCheckpointSaver", "ResumeFromCheckpoint", "SaveBestModel", "latest_checkpoint", "StopOnNonFiniteLoss"]
+__all__ = ["TrainableWeights", "LoadTrainedModel", "load_trained_weights", "AtomicCheckpointSaver", "ResumeFromCheckpoint", "SaveBestModel", "SaveFinalModel", "latest_checkpoint", "StopOnNonFiniteLoss"]
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,31 @@ class LoadTrainedModel:
     def __call__(self, engine: Engine) -> None:
         load_trained_weights(self.network, self.checkpoint, merge=self.merge, check_base=self.check_base)
         logger.info("loaded trained weights from %s", self.checkpoint)
+
+
+class SaveFinalModel:
+    """When training completes, write the deployable model if no validation has written one.
+
+    Runs without a validation split (e.g. the PraNet polyp layout, whose test sets are not used
+    for model selection) otherwise end with no ``models/model.pt``; this handler writes the final
+    weights there in that case, and leaves a best model chosen by validation untouched.
+
+    Args:
+        network: the (possibly DDP-wrapped) BALR-SAM network.
+        path: the deployable model file (the same as :class:`SaveBestModel`'s).
+    """
+
+    def __init__(self, network: torch.nn.Module, path: Union[str, Path]) -> None:
+        self.weights = TrainableWeights(network)
+        self.path = Path(path)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if _rank() == 0 and not self.path.exists():
+            size = save_trainable_checkpoint(self.weights.model, self.path, extra={"metric": None, "epoch": _trainer_epoch(engine)})
+            logger.info("no validation result: saved the final model to %s (%.1f MB)", self.path, size / 1e6)
 
 
 def _rank() -> int:
