@@ -4,7 +4,9 @@ processes with the gloo backend stand in for two GPUs."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import shutil
 import socket
 import subprocess
@@ -29,9 +31,17 @@ def _free_port() -> int:
 
 
 def _torchrun(args: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """torchrun with 2 local processes; on a hang the whole process group is killed (no orphan ranks)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
