@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -823,6 +823,21 @@ def _as_iterable(x: Any) -> Iterable[Any]:
     return x
 
 
+def _binary_pairs(
+    preds: Union[ArrayLike, Iterable[ArrayLike]],
+    gts: Union[ArrayLike, Iterable[ArrayLike]],
+    threshold: float,
+    device: Optional[Union[str, torch.device]],
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(pred >= threshold, gt >= 0.5)`` boolean masks per image, checking their shapes agree."""
+    for p, g in zip(_as_iterable(preds), _as_iterable(gts)):
+        pt = as_label_tensor(p, device=device)
+        gt = as_label_tensor(g, device=pt.device)
+        if pt.shape != gt.shape:
+            raise ValueError(f"prediction and ground truth shapes differ: {tuple(pt.shape)} vs {tuple(gt.shape)}")
+        yield pt.to(torch.float64) >= threshold, gt.to(torch.float64) >= 0.5
+
+
 def pooled_confusion_dice_iou(
     preds: Union[ArrayLike, Iterable[ArrayLike]],
     gts: Union[ArrayLike, Iterable[ArrayLike]],
@@ -844,13 +859,7 @@ def pooled_confusion_dice_iou(
         these papers call mIoU); a zero denominator gives 0, as in their code.
     """
     tp = fp = fn = tn = 0
-    for p, g in zip(_as_iterable(preds), _as_iterable(gts)):
-        pt = as_label_tensor(p, device=device)
-        gt = as_label_tensor(g, device=pt.device)
-        if pt.shape != gt.shape:
-            raise ValueError(f"prediction and ground truth shapes differ: {tuple(pt.shape)} vs {tuple(gt.shape)}")
-        pb = pt.to(torch.float64) >= threshold
-        gb = gt.to(torch.float64) >= 0.5
+    for pb, gb in _binary_pairs(preds, gts, threshold, device):
         tp += int((pb & gb).sum())
         fp += int((pb & ~gb).sum())
         fn += int((~pb & gb).sum())
@@ -895,13 +904,7 @@ def per_image_dice_iou(
     dices: List[float] = []
     ious: List[float] = []
     n_gt_empty = 0
-    for p, g in zip(_as_iterable(preds), _as_iterable(gts)):
-        pt = as_label_tensor(p, device=device)
-        gt = as_label_tensor(g, device=pt.device)
-        if pt.shape != gt.shape:
-            raise ValueError(f"prediction and ground truth shapes differ: {tuple(pt.shape)} vs {tuple(gt.shape)}")
-        pb = pt.to(torch.float64) >= threshold
-        gb = gt.to(torch.float64) >= 0.5
+    for pb, gb in _binary_pairs(preds, gts, threshold, device):
         inter = float((pb & gb).sum())
         n_p, n_g = float(pb.sum()), float(gb.sum())
         union = n_p + n_g - inter
