@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "balr_sam.commands.evaluate",
     "balr_sam.commands.infer",
     "balr_sam.commands.demo",
+    "balr_sam.commands.benchmark",
 )
 
 

@@ -23,6 +23,7 @@ from balr_sam.networks.adapters import adapter_modules, inject_adapters, merge_a
 from balr_sam.networks.cden import CDEN
 from balr_sam.networks.checkpoint import PathLike, load_sam_weights, read_sam_state_dict
 from balr_sam.networks.decoder import PromptFreeMaskDecoder
+from balr_sam.networks.fast_attention import use_sdpa_attention
 from balr_sam.networks.variants import build_sam, check_img_size, get_variant
 
 __all__ = ["BALRSAMConfig", "BALRSAM", "build_balr_sam", "FROZEN_PREFIXES"]
@@ -46,6 +47,8 @@ class BALRSAMConfig:
         use_cden, cden_width: the CDEN boundary branch.
         use_lowrank_attention, decoder_rank_ratio: decoder attention (per-head rank / head size).
         input_scale: factor applied to ``[0, 1]`` inputs before SAM's pixel normalisation.
+        fast_attention: encoder attention on fused SDPA (same function; faster inference on CPU,
+            slower training there, see ``docs/performance.md``).
     """
 
     variant: str = "vit_b"
@@ -60,6 +63,7 @@ class BALRSAMConfig:
     use_lowrank_attention: bool = True
     decoder_rank_ratio: float = 0.25
     input_scale: float = 255.0
+    fast_attention: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -95,6 +99,8 @@ class BALRSAM(nn.Module):
             raise ValueError(f"SAM was built for {self.image_encoder.img_size} inputs, config says {self.img_size}")
         if config.use_adapters:
             inject_adapters(self.image_encoder, rank=config.adapter_rank, alpha=config.adapter_alpha, dropout=config.adapter_dropout)
+        if config.fast_attention:
+            use_sdpa_attention(self.image_encoder)
         self.cden = CDEN(spec.prompt_embed_dim, width=config.cden_width).to(sam.pixel_mean.device) if config.use_cden else None
         self.mask_decoder = PromptFreeMaskDecoder(
             sam.mask_decoder,
