@@ -176,6 +176,10 @@ class SaveBestModel:
             logger.info("saved best model (%s = %.4f) to %s (%.1f MB)", name, value, self.path, size / 1e6)
 
 
+# configuration values that change how the network runs, not its weights
+_RUNTIME_OPTIONS = ("adapter_dropout", "fast_attention")
+
+
 def load_trained_weights(network: torch.nn.Module, checkpoint: Union[str, Path], merge: bool = True, check_base: bool = True) -> BALRSAM:
     """Load a trained ``models/model.pt`` into a BALR-SAM network built from the same configuration.
 
@@ -192,7 +196,7 @@ def load_trained_weights(network: torch.nn.Module, checkpoint: Union[str, Path],
     model = TrainableWeights(network).model
     payload = load_trainable_checkpoint(checkpoint)
     trained, built = payload["config"], model.config.to_dict()
-    different = {k: (trained.get(k), v) for k, v in built.items() if k in trained and trained[k] != v and k != "adapter_dropout"}
+    different = {k: (trained.get(k), v) for k, v in built.items() if k in trained and trained[k] != v and k not in _RUNTIME_OPTIONS}
     if different:
         detail = ", ".join(f"{k}: checkpoint {a!r}, bundle config {b!r}" for k, (a, b) in sorted(different.items()))
         raise CheckpointError(f"{checkpoint}: was trained with another network configuration ({detail}); set the bundle's values to the checkpoint's")
