@@ -17,7 +17,6 @@ from balr_sam.errors import DataError
 from balr_sam.evaluation import evaluate_folder, pair_cases, read_label_file
 from balr_sam.labels import get_label_set, remap_labels
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SPACING = (0.8, 0.9, 2.5)
 SHAPE = (24, 20, 10)
 SYN = get_label_set("synapse")
@@ -309,12 +308,11 @@ def test_png_2d_task_with_0_255_masks(tmp_path, capsys):
     assert len(list((out / "overlays").glob("*.png"))) == 2
 
 
-@pytest.mark.skipif(not (SHARED / "ct-abdomen-nifti").is_dir(), reason="shared sample data not present")
-def test_real_ct_with_totalsegmentator_labels(tmp_path):
+def test_real_ct_with_totalsegmentator_labels(tmp_path, shared_data):
     """A real CT label map in TotalSegmentator numbering against an eroded copy, checked with medpy."""
     from scipy import ndimage as ndi
 
-    src = nib.load(str(SHARED / "ct-abdomen-nifti" / "label_totalseg.nii.gz"))
+    src = nib.load(str(shared_data / "ct-abdomen-nifti" / "label_totalseg.nii.gz"))
     raw = np.asanyarray(src.dataobj)
     syn = remap_labels(raw, "synapse", "totalseg")
     pred = ndi.grey_erosion(syn, size=(3, 3, 1))
@@ -323,7 +321,7 @@ def test_real_ct_with_totalsegmentator_labels(tmp_path):
         (tmp_path / d).mkdir()
     nib.save(nib.Nifti1Image(pred, src.affine), str(tmp_path / "p" / "ct.nii.gz"))
     nib.save(src, str(tmp_path / "l" / "ct.nii.gz"))
-    nib.save(nib.load(str(SHARED / "ct-abdomen-nifti" / "image.nii.gz")), str(tmp_path / "i" / "ct.nii.gz"))
+    nib.save(nib.load(str(shared_data / "ct-abdomen-nifti" / "image.nii.gz")), str(tmp_path / "i" / "ct.nii.gz"))
     res = evaluate_folder(tmp_path / "p", tmp_path / "l", tmp_path / "out", image_dir=tmp_path / "i",
                           label_map="totalseg", protocol="clinical", device="cpu", num_overlays=1, progress=False)
     assert res.ok and (tmp_path / "out" / "overlays" / "worst_1_ct.png").exists()
