@@ -84,13 +84,16 @@ class CDEN(nn.Module):
         out_channels: channels of SAM's image embedding (``prompt_embed_dim``, 256 for ViT-B/L/H).
         width: base width ``w``; stages have ``w, 2w, 4w, 8w`` channels.
         in_channels: image channels (3).
+        channels_last: run the convolutions in NHWC memory layout (same function; on a 2-core
+            Xeon CPU the inference forward at 512 px took 0.77x the time, training 0.98x).
 
     Shapes: ``(B, in_channels, H, W)`` normalised image, ``H`` and ``W`` multiples of 16 ->
     ``(B, out_channels, H / 16, W / 16)``, zero at initialisation.
     """
 
-    def __init__(self, out_channels: int = 256, width: int = 48, in_channels: int = 3) -> None:
+    def __init__(self, out_channels: int = 256, width: int = 48, in_channels: int = 3, channels_last: bool = True) -> None:
         super().__init__()
+        self.channels_last = channels_last
         w1, w2, w3, w4 = width, 2 * width, 4 * width, 8 * width
         self.boundary_filters = BoundaryFilters()
         self.boundary = nn.Sequential(  # explicit boundary path, to 1/4
@@ -106,8 +109,12 @@ class CDEN(nn.Module):
         self.out_proj = nn.Conv2d(w4, out_channels, 1)
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         f1 = self.stage1(self.stem(x)) + self.boundary(self.boundary_filters(x))  # B, 2w, H/4, W/4
         f2 = self.stage2(f1)  # B, 4w, H/8, W/8
         f3 = self.stage3(f2)  # B, 8w, H/16, W/16
