@@ -18,7 +18,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, run, verify_metadata, verify_net_in_out
 
-from _tiny_bundle import CONFIGS, DEMO, INFER, META, REPO, TINY, TRAIN, tiny_dataset, tiny_trained, train_tiny  # noqa: F401 (fixtures)
+from _tiny_bundle import CONFIGS, DEMO, INFER, META, REPO, TINY, TRAIN, train_tiny
 
 SCHEMA = REPO / "bundle" / "schema" / "metadata_schema.json"
 OFFICIAL_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json"

@@ -17,7 +17,7 @@ from typing import Dict
 import pytest
 import torch
 
-from _tiny_bundle import DEMO, META, TINY, TRAIN, tiny_dataset, tiny_trained  # noqa: F401 (fixtures)
+from _tiny_bundle import DEMO, META, TINY, TRAIN
 from balr_sam.data.datalists import prepare_synapse
 from balr_sam.data.synthetic import generate_ct_dataset
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from _tiny_bundle import DEMO, tiny_dataset, tiny_trained  # noqa: F401 (fixtures)
+from _tiny_bundle import DEMO
 from balr_sam.cli import main
 from balr_sam.errors import DataError
 from balr_sam.inference import CaseLock, find_inputs, split_for_rank

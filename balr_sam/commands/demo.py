@@ -20,7 +20,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -47,7 +47,7 @@ def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int 
     from balr_sam.commands.infer import BundlePredictor
     from balr_sam.data.datalists import load_datalist, prepare_synapse
     from balr_sam.data.synthetic import generate_ct_dataset
-    from balr_sam.inference import InferenceItem, run_batch_inference
+    from balr_sam.inference import run_batch_inference
     from balr_sam.networks.variants import build_sam
 
     output = Path(output)
