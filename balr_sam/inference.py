@@ -23,13 +23,13 @@ import json
 import os
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from balr_sam.atomic import atomic_write
 from balr_sam.data.io import IMAGE2D_SUFFIXES, VOLUME_SUFFIXES, is_dicom_series_dir, strip_suffix
 from balr_sam.errors import DataError
 
@@ -39,7 +39,6 @@ __all__ = [
     "find_inputs",
     "split_for_rank",
     "CaseLock",
-    "atomic_write_bytes",
     "write_label_nifti",
     "write_label_png",
     "run_batch_inference",
@@ -165,22 +164,6 @@ class CaseLock:
             self.path.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path, write: Callable[[str], None], suffix: str) -> None:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_label_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
     """Write a ``X x Y x Z`` label array as uint8 NIfTI with ``affine`` (voxel -> RAS), atomically."""
     import nibabel as nib
@@ -188,7 +171,7 @@ def write_label_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> Non
     image = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), np.asarray(affine, dtype=np.float64))
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
-    atomic_write_bytes(path, lambda tmp: nib.save(image, tmp), ".nii.gz")
+    atomic_write(path, lambda tmp: nib.save(image, tmp), ".nii.gz")
 
 
 def write_label_png(path: Path, labels: np.ndarray, scale: int = 255) -> None:
@@ -196,7 +179,7 @@ def write_label_png(path: Path, labels: np.ndarray, scale: int = 255) -> None:
     from PIL import Image
 
     data = np.clip(np.asarray(labels) * scale, 0, 255).astype(np.uint8)
-    atomic_write_bytes(path, lambda tmp: Image.fromarray(data).save(tmp, format="PNG"), ".png")
+    atomic_write(path, lambda tmp: Image.fromarray(data).save(tmp, format="PNG"), ".png")
 
 
 def _sidecar(item: InferenceItem, output: Path, label_names: Mapping[Any, str], model: str) -> Dict[str, Any]:
@@ -256,7 +239,7 @@ def run_batch_inference(
                 labels, affine = predict(item)
                 sidecar = out_dir / f"{item.case}.json"
                 text = json.dumps(_sidecar(item, output, label_names, model_name), indent=2) + "\n"
-                atomic_write_bytes(sidecar, lambda tmp: Path(tmp).write_text(text), ".json")
+                atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), ".json")
                 if item.kind == "image2d":
                     write_label_png(output, labels)
                 else:

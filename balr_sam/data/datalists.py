@@ -43,11 +43,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 
+from balr_sam.atomic import atomic_write
 from balr_sam.data.io import (
     IMAGE2D_SUFFIXES,
     VOLUME_SUFFIXES,
@@ -166,18 +166,8 @@ def write_datalist(datalist: dict, path: PathLike, overwrite: bool = False) -> P
     path = Path(path)
     if path.exists() and not overwrite:
         raise DataError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(datalist, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    text = json.dumps(datalist, indent=2) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_datalist(path: PathLike) -> dict:

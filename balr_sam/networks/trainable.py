@@ -13,13 +13,12 @@ non-strictly into a network built on the SAM checkpoint, they give the trained m
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
+from balr_sam.atomic import atomic_write
 from balr_sam.errors import CheckpointError
 from balr_sam.networks.balr_sam import BALRSAM, BALRSAMConfig, build_balr_sam
 from balr_sam.networks.checkpoint import PathLike, safe_torch_load
@@ -111,22 +110,6 @@ def load_trainable_state_dict(model: BALRSAM, state_dict: Mapping[str, torch.Ten
         model.merge_adapters()
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write with ``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_trainable_checkpoint(model: BALRSAM, path: PathLike, extra: Optional[Mapping[str, Any]] = None) -> int:
     """Save adapters + CDEN + decoder, the config and the base fingerprint; returns the file size in bytes.
 
@@ -140,7 +123,7 @@ def save_trainable_checkpoint(model: BALRSAM, path: PathLike, extra: Optional[Ma
         "model": trainable_state_dict(model),
         "extra": dict(extra or {}),
     }
-    _atomic_save(payload, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path.stat().st_size
 
 
