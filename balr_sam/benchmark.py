@@ -405,6 +405,55 @@ def measure_volume(args: Dict[str, Any], log: Callable[[str], None]) -> Dict[str
     return {name: {"seconds": _median(t), "shape": list(shape)} for name, t in times.items()}
 
 
+class _StagedCases:
+    """``balr-sam infer``'s staged predictor protocol over a :class:`StreamingVolumeSegmenter`."""
+
+    def __init__(self, segmenter: Any) -> None:
+        self.segmenter = segmenter
+
+    def load(self, item: Any) -> Any:
+        return self.segmenter.load(item.image)
+
+    def segment(self, item: Any, loaded: Any) -> Any:
+        return self.segmenter.segment(loaded)
+
+    def __call__(self, item: Any) -> Any:
+        return self.segment(item, self.load(item))
+
+
+def measure_batch_inference(args: Dict[str, Any], log: Callable[[str], None]) -> Dict[str, Any]:
+    """Seconds for ``batch_cases`` volumes through the product's batch path (``run_batch_inference``
+    with the streamed segmenter, BALR-SAM merged), reading the next case ahead or not, interleaved."""
+    from balr_sam.data.transforms import ct_inference_preprocessing
+    from balr_sam.inference import find_inputs, run_batch_inference
+    from balr_sam.volume_inference import StreamingVolumeSegmenter
+
+    device = args["device"]
+    model = build_config("balr_sam", args["variant"], args["img_size"], args["num_classes"], device, args["fast_attention"] != "off").eval()
+    merge_adapters(model)
+    segmenter = StreamingVolumeSegmenter(model, ct_inference_preprocessing(img_size=args["img_size"]), args["infer_batch"], torch.device(device), args["amp"])
+    predictor = _StagedCases(segmenter)
+    times: Dict[str, List[float]] = {"sequential": [], "read_ahead": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = Path(tmp) / "in"
+        inputs.mkdir()
+        for i in range(args["batch_cases"]):
+            _write_volume(inputs / f"case{i}.nii.gz", tuple(args["volume_shape"]))  # not timed
+        items = find_inputs(inputs)
+        for i in range(args["volume_repeats"]):
+            for mode in times:
+                out = Path(tmp) / f"out_{mode}_{i}"
+                _sync(device)
+                start = time.perf_counter()
+                report = run_batch_inference(items, out, predictor, {0: "background"}, progress=False, prefetch=mode == "read_ahead")
+                _sync(device)
+                times[mode].append(time.perf_counter() - start)
+                if not report.ok:
+                    raise RuntimeError(f"batch inference benchmark failed: {report.failed}")
+            log(f"batch round {i + 1}/{args['volume_repeats']}")
+    return {"cases": args["batch_cases"], "shape": list(args["volume_shape"]), **{mode: _median(t) for mode, t in times.items()}}
+
+
 def measure_metrics(args: Dict[str, Any]) -> Dict[str, Any]:
     """Seconds for Dice + HD95 of 8 organs on one volume of ``volume_shape`` (synthetic blobs)."""
     import numpy as np
@@ -476,6 +525,7 @@ def run_benchmark(
     infer_batch: Optional[int] = None,
     volume_shape: Optional[Sequence[int]] = None,
     volume_repeats: int = 1,
+    batch_cases: int = 3,
     memory_steps: int = 2,
     amp: Optional[bool] = None,
     fast_attention: str = "infer",
@@ -511,6 +561,7 @@ def run_benchmark(
         "infer_batch": infer_batch or batch,
         "volume_shape": list(volume_shape or ((512, 512, 150) if cuda else (256, 256, 20))),
         "volume_repeats": volume_repeats,
+        "batch_cases": batch_cases,
         "memory_steps": memory_steps,
         "amp": bool(cuda if amp is None else amp) and cuda,
         "fast_attention": fast_attention,
@@ -531,6 +582,8 @@ def run_benchmark(
     kernels = measure_attention_kernels(args, log)
     log("end-to-end volume")
     volume = measure_volume(args, log)
+    log("batch inference: sequential vs read-ahead")
+    batch_infer = measure_batch_inference(args, log)
     log("Dice + HD95")
     metrics = measure_metrics(args)
     log("encoder FLOP/s")
@@ -601,6 +654,7 @@ def run_benchmark(
         "inference": inference,
         "attention_kernels": kernels,
         "volume": volume,
+        "batch_inference": batch_infer,
         "metrics": metrics,
         "encoder_flops": flops,
         "targets": targets,
@@ -685,6 +739,16 @@ def format_table(result: Dict[str, Any]) -> str:
         "",
         f"Encoder: {f['flops_per_forward'] / 1e9:,.1f} GFLOP per forward (batch {s['infer_batch']}), achieved {f['achieved_tflops'] * 1000:,.1f} GFLOP/s ({peak}).",
         f"Dice + HD95, 8 organs, one {'x'.join(map(str, result['metrics']['shape']))} volume: {_fmt('seconds', result['metrics']['seconds'])}.",
+    ]
+    b = result["batch_inference"]
+    lines += [
+        "",
+        f"Batch inference (`balr-sam infer`'s path: streamed segmenter, BALR-SAM merged), {b['cases']} volumes of {'x'.join(map(str, b['shape']))}:",
+        "",
+        "| reading | seconds | / sequential |",
+        "|---|---:|---:|",
+        f"| sequential | {_fmt('seconds', b['sequential'])} | 1.000x |",
+        f"| next case read ahead (default) | {_fmt('seconds', b['read_ahead'])} | {_fr(_ratio(b['read_ahead'], b['sequential']))} |",
         "",
         "| target | value | status |",
         "|---|---:|---|",
@@ -713,6 +777,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--infer-batch", type=int, default=None, help="inference batch (default: --batch)")
     parser.add_argument("--volume-shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"), help="end-to-end CT volume (default 512 512 150 on CUDA, 256 256 20 on CPU)")
     parser.add_argument("--volume-repeats", type=int, default=1)
+    parser.add_argument("--batch-cases", type=int, default=3, help="volumes in the batch-inference measurement (read-ahead vs sequential)")
     parser.add_argument("--memory-steps", type=int, default=2, help="training steps in each memory child (default 2)")
     parser.add_argument("--amp", dest="amp", action="store_true", default=None, help="bf16 autocast (default on CUDA)")
     parser.add_argument("--no-amp", dest="amp", action="store_false")
@@ -727,7 +792,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     result = run_benchmark(
         device=args.device, variant=args.variant, img_size=args.img_size, batch=args.batch, num_classes=args.num_classes,
         warmup=args.warmup, steps=args.steps, infer_iters=args.infer_iters, infer_batch=args.infer_batch,
-        volume_shape=args.volume_shape, volume_repeats=args.volume_repeats, memory_steps=args.memory_steps,
+        volume_shape=args.volume_shape, volume_repeats=args.volume_repeats, batch_cases=args.batch_cases, memory_steps=args.memory_steps,
         amp=args.amp, fast_attention=args.fast_attention, compile=args.compile, peak_tflops=args.peak_tflops, threads=args.threads,
     )
     text = json.dumps(result, indent=2)

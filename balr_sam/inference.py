@@ -14,6 +14,8 @@ pipeline needs:
   folder from writing the same case; locks of dead processes are taken over;
 * a bad case is reported with a one-line error and the others go on; the caller gets the list of
   failures (the command exits non-zero if any);
+* the next case is read in a background thread while the current one is segmented (volumes are
+  segmented slab by slab, memory bounded by the input: :mod:`balr_sam.volume_inference`);
 * under ``torchrun`` the case list is split across ranks (every case is written exactly once).
 """
 
@@ -23,9 +25,10 @@ import json
 import os
 import socket
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -41,6 +44,7 @@ __all__ = [
     "CaseLock",
     "write_label_nifti",
     "write_label_png",
+    "StagedPredictor",
     "run_batch_inference",
     "rank_and_world_size",
 ]
@@ -192,6 +196,16 @@ def _sidecar(item: InferenceItem, output: Path, label_names: Mapping[Any, str], 
     }
 
 
+class StagedPredictor(Protocol):
+    """A predictor split in two stages, so that reading case ``i + 1`` overlaps segmenting case ``i``."""
+
+    def load(self, item: InferenceItem) -> Any:
+        """Read and preprocess ``item`` (runs in a background thread)."""
+
+    def segment(self, item: InferenceItem, loaded: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """``(labels, affine)`` from what :meth:`load` returned."""
+
+
 def run_batch_inference(
     items: Sequence[InferenceItem],
     output_dir: PathLike,
@@ -201,6 +215,7 @@ def run_batch_inference(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+    prefetch: bool = True,
 ) -> InferenceReport:
     """Segment ``items`` one by one with ``predict`` and write the results safely.
 
@@ -208,12 +223,15 @@ def run_batch_inference(
         items: the cases (see :func:`find_inputs`, :func:`split_for_rank`).
         output_dir: created if needed.
         predict: ``item -> (labels, affine)``: ``labels`` is ``X x Y x Z`` (volumes, in the input's
-            voxel grid) or ``H x W`` (2D images, ``affine`` None).
+            voxel grid) or ``H x W`` (2D images, ``affine`` None). A :class:`StagedPredictor`
+            (``load`` + ``segment`` methods) is pipelined when ``prefetch`` is set.
         label_names: id -> name, written to each case's sidecar.
         model_name: recorded in the sidecars.
         overwrite: replace existing outputs instead of skipping them.
         progress: tqdm progress bar.
         log: where one-line messages go.
+        prefetch: read the next case in a background thread while this one is segmented (at most
+            two cases in memory); needs a :class:`StagedPredictor`.
 
     Returns:
         the :class:`InferenceReport`; failures carry ``(case, one-line reason)``.
@@ -225,31 +243,54 @@ def run_batch_inference(
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = InferenceReport()
+    staged = prefetch and callable(getattr(predict, "load", None)) and callable(getattr(predict, "segment", None))
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="balr-sam-read") if staged else None
+    loads: Dict[int, Future] = {}
+
+    def output_of(item: InferenceItem) -> Path:
+        return out_dir / f"{item.case}{'.png' if item.kind == 'image2d' else '.nii.gz'}"
+
+    def schedule(index: int) -> None:
+        if executor is not None and index < len(items) and index not in loads and (overwrite or not output_of(items[index]).exists()):
+            loads[index] = executor.submit(predict.load, items[index])  # type: ignore[attr-defined]
+
     bar = tqdm(items, desc="infer", unit="case", disable=not progress)
-    for item in bar:
-        output = out_dir / f"{item.case}{'.png' if item.kind == 'image2d' else '.nii.gz'}"
-        if output.exists() and not overwrite:
-            report.skipped.append(item.case)
-            continue
-        with CaseLock(output) as lock:
-            if not lock.acquired:
+    try:
+        for index, item in enumerate(bar):
+            output = output_of(item)
+            if output.exists() and not overwrite:
+                loads.pop(index, None)
                 report.skipped.append(item.case)
                 continue
-            try:
-                labels, affine = predict(item)
-                sidecar = out_dir / f"{item.case}.json"
-                text = json.dumps(_sidecar(item, output, label_names, model_name), indent=2) + "\n"
-                atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), ".json")
-                if item.kind == "image2d":
-                    write_label_png(output, labels)
-                else:
-                    write_label_nifti(output, labels, affine)
-                report.written.append(item.case)
-            except Exception as err:  # one bad case must not stop the others
-                data_error = find_data_error(err)
-                reason = str(data_error) if data_error is not None else f"{item.image}: {type(err).__name__}: {_first_line(err)}"
-                report.failed.append((item.case, reason))
-                log(f"balr-sam infer: case {item.case} failed: {reason}")
+            with CaseLock(output) as lock:
+                # re-checked under the lock: another process may have finished the case meanwhile
+                if not lock.acquired or (output.exists() and not overwrite):
+                    loads.pop(index, None)
+                    report.skipped.append(item.case)
+                    continue
+                schedule(index)
+                schedule(index + 1)  # read the next case while this one is segmented
+                try:
+                    if executor is not None:
+                        labels, affine = predict.segment(item, loads.pop(index).result())  # type: ignore[attr-defined]
+                    else:
+                        labels, affine = predict(item)
+                    sidecar = out_dir / f"{item.case}.json"
+                    text = json.dumps(_sidecar(item, output, label_names, model_name), indent=2) + "\n"
+                    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), ".json")
+                    if item.kind == "image2d":
+                        write_label_png(output, labels)
+                    else:
+                        write_label_nifti(output, labels, affine)
+                    report.written.append(item.case)
+                except Exception as err:  # one bad case must not stop the others
+                    data_error = find_data_error(err)
+                    reason = str(data_error) if data_error is not None else f"{item.image}: {type(err).__name__}: {_first_line(err)}"
+                    report.failed.append((item.case, reason))
+                    log(f"balr-sam infer: case {item.case} failed: {reason}")
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
     return report
 
 

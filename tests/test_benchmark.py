@@ -33,7 +33,7 @@ def test_configurations_trainable_sets() -> None:
 def test_benchmark_smallest_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
     argv = ["benchmark", "--variant", "vit_t", "--img-size", "32", "--batch", "1", "--num-classes", "3", "--warmup", "0", "--steps", "1",
-            "--infer-iters", "1", "--volume-shape", "16", "16", "2", "--memory-steps", "1", "--json", str(out)]
+            "--infer-iters", "1", "--volume-shape", "16", "16", "2", "--batch-cases", "2", "--memory-steps", "1", "--json", str(out)]
     assert main(argv) == 0
     table = capsys.readouterr().out
     header = "| " + " | ".join(TABLE_COLUMNS) + " |"
@@ -58,3 +58,6 @@ def test_benchmark_smallest_settings(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert all(t["status"] in ("holds", "does not hold") for t in result["targets"][:5])
     assert result["memory"]["balr_sam"]["kind"] == "peak RSS of the child process"
     assert result["encoder_flops"]["flops_per_forward"] > 0
+    batch = result["batch_inference"]
+    assert batch["cases"] == 2 and batch["sequential"] > 0 and batch["read_ahead"] > 0
+    assert "| next case read ahead (default) |" in table

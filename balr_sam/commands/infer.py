@@ -19,6 +19,7 @@ import torch
 
 from balr_sam.errors import BalrSamError, DataError
 from balr_sam.inference import InferenceItem, find_inputs, rank_and_world_size, run_batch_inference, split_for_rank
+from balr_sam.volume_inference import StreamingVolumeSegmenter
 
 __all__ = ["register", "BundlePredictor", "default_bundle_dir"]
 
@@ -70,11 +71,25 @@ class BundlePredictor:
         self.postprocessing = parser.get_parsed_content("postprocessing")
         self.kind = str(parser.get("kind", "volume"))
         self.label_names = dict(get_label_set(parser.get_parsed_content("label_set")).labels)
+        # volumes: slab-by-slab argmax (memory bounded by the input, see balr_sam.volume_inference);
+        # "streaming": false uses the config's own inferer and postprocessing instead
+        self.streaming: Optional[StreamingVolumeSegmenter] = None
+        if self.kind == "volume" and bool(parser.get("streaming", True)):
+            self.streaming = StreamingVolumeSegmenter(self.network, self.preprocessing, int(parser.get_parsed_content("sw_batch_size")), self.device, self.amp)
 
-    def __call__(self, item: InferenceItem) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    def load(self, item: InferenceItem) -> Any:
+        """Read and preprocess one case (run ahead in a thread by batch inference)."""
         if item.kind != self.kind:
             raise DataError(f"{item.image}: a {item.kind} input, but this bundle configuration segments {self.kind} inputs (see --config)")
-        data = self.preprocessing({"image": item.image})
+        if self.streaming is not None:
+            return self.streaming.load(item.image)
+        return self.preprocessing({"image": item.image})
+
+    def segment(self, item: InferenceItem, loaded: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """``(labels, affine)`` of a case :meth:`load` returned: ``X x Y x Z`` (affine voxel -> RAS) or ``H x W`` (affine None)."""
+        if self.streaming is not None:
+            return self.streaming.segment(loaded)
+        data = loaded
         image = data["image"]
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
             data["pred"] = self.inferer(image[None].to(self.device), self.network)[0].float().cpu()
@@ -83,6 +98,9 @@ class BundlePredictor:
         if self.kind != "volume":
             return labels, None
         return labels, np.asarray(image.meta["original_affine"], dtype=np.float64)
+
+    def __call__(self, item: InferenceItem) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        return self.segment(item, self.load(item))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     rank, world = rank_and_world_size()
     mine = split_for_rank(items, rank, world)
     predictor = BundlePredictor(bundle, args.checkpoint, args.sam_checkpoint, tuple(Path(c) for c in args.config), overrides)
-    report = run_batch_inference(mine, args.output, predictor, predictor.label_names, model_name=str(predictor.checkpoint), overwrite=args.overwrite, progress=not args.no_progress and rank == 0)
+    report = run_batch_inference(mine, args.output, predictor, predictor.label_names, model_name=str(predictor.checkpoint), overwrite=args.overwrite, progress=not args.no_progress and rank == 0, prefetch=not args.no_prefetch)
     where = f" (rank {rank} of {world})" if world > 1 else ""
     print(f"balr-sam infer{where}: {len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
     for case, reason in report.failed:
@@ -113,4 +131,5 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the config's)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-prefetch", action="store_true", help="do not read the next case while this one is segmented (halves peak memory)")
     parser.set_defaults(func=run)
