@@ -76,15 +76,18 @@ class StreamingVolumeSegmenter:
         device: where the network runs.
         amp: autocast (bf16/fp16 as the device prefers) on CUDA.
         key: the image key of ``preprocessing``.
+        fixed_batch: pad the last slab to ``batch_size`` slices, so that a ``torch.compile``-d
+            network sees one input shape and compiles once.
     """
 
-    def __init__(self, network: torch.nn.Module, preprocessing: Compose, batch_size: int, device: torch.device, amp: bool = False, key: str = "image") -> None:
+    def __init__(self, network: torch.nn.Module, preprocessing: Compose, batch_size: int, device: torch.device, amp: bool = False, key: str = "image", fixed_batch: bool = False) -> None:
         self.network = network
         self.preprocessing = preprocessing
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.key = key
+        self.fixed_batch = fixed_batch
         self.before_resize, _ = split_at_resize(preprocessing, key)
         self._resize = Resize(spatial_size=-1)  # only its inverse_transform is used, with the recorded op
         self.inverter = Invertd(keys="pred", transform=self.before_resize, orig_keys=key, nearest_interp=True, to_tensor=True)
@@ -112,8 +115,11 @@ class StreamingVolumeSegmenter:
         labels = torch.empty((height, width, depth), dtype=torch.uint8)
         for start in range(0, depth, self.batch_size):
             slab = volume.slices[start : start + self.batch_size].to(self.device, non_blocking=True)
+            count = slab.shape[0]
+            if self.fixed_batch and count < self.batch_size:
+                slab = torch.cat([slab, slab[-1:].expand(self.batch_size - count, *slab.shape[1:])])
             with torch.autocast(self.device.type, enabled=self.amp):
-                logits = self.network(slab)  # B x K x S x S
+                logits = self.network(slab)[:count]  # B x K x S x S
             # K x S x S x B, the layout the volume's Resized recorded; MONAI undoes it bilinearly
             logits = logits.float().permute(1, 2, 3, 0)
             op = deepcopy(resize_op)

@@ -187,3 +187,46 @@ def test_two_processes_on_one_output_folder_write_each_case_once(tiny_dataset: D
     assert all(c[0] + c[1] == 24 and c[2] == 0 for c in counts), counts
     assert len(list(out.glob("*.nii.gz"))) == 24 and len(list(out.glob("*.json"))) == 24
     assert not [p.name for p in out.iterdir() if not p.name.endswith((".nii.gz", ".json"))]  # no locks or temp files left
+
+
+class _ShapeRecorder(_HUNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: List[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        return super().forward(x)
+
+
+def test_fixed_batch_pads_the_last_slab_and_keeps_the_labels(tmp_path: Path) -> None:
+    """For a compiled network every call has ``batch_size`` slices (one compilation), same labels."""
+    source = _volume(tmp_path / "ct.nii.gz", (40, 36, 10), np.diag([0.8, 0.7, 2.5, 1.0]))
+    net = _ShapeRecorder().eval()
+    free, _ = StreamingVolumeSegmenter(net, ct_inference_preprocessing(img_size=32), 4, torch.device("cpu"))(str(source))
+    assert net.batches == [4, 4, 2]
+    net.batches.clear()
+    fixed, _ = StreamingVolumeSegmenter(net, ct_inference_preprocessing(img_size=32), 4, torch.device("cpu"), fixed_batch=True)(str(source))
+    assert net.batches == [4, 4, 4]
+    np.testing.assert_array_equal(fixed, free)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_bundle_writes_the_same_labels(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path: Path) -> None:
+    """``balr-sam infer --compile`` (torch.compile) against eager on two cases of the trained tiny model."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for source in sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))[:2]:
+        shutil.copy(source, inputs / source.name)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "sw_batch_size": 8, "num_workers": 0}))
+    outputs = {}
+    for flags in ([], ["--compile"]):
+        out = tmp_path / ("compiled" if flags else "eager")
+        args = ["infer", str(inputs), str(out), "--checkpoint", str(tiny_trained / "models" / "model.pt"), "--sam-checkpoint", tiny_dataset["sam"],
+                "--config", DEMO, "--config", str(config), "--no-progress", *flags]
+        assert main(args) == 0
+        outputs[bool(flags)] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*.nii.gz"))}
+    assert outputs[True].keys() == outputs[False].keys() and len(outputs[True]) == 2
+    for name, labels in outputs[True].items():
+        assert float((labels == outputs[False][name]).mean()) >= 0.999, name

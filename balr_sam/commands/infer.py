@@ -74,8 +74,12 @@ class BundlePredictor:
         # volumes: slab-by-slab argmax (memory bounded by the input, see balr_sam.volume_inference);
         # "streaming": false uses the config's own inferer and postprocessing instead
         self.streaming: Optional[StreamingVolumeSegmenter] = None
+        # "compile": true trades a one-off compilation (tens of seconds) for faster slices
+        compiled = bool(parser.get_parsed_content("compile")) if "compile" in parser else False
+        self.model = torch.compile(self.network) if compiled else self.network
         if self.kind == "volume" and bool(parser.get("streaming", True)):
-            self.streaming = StreamingVolumeSegmenter(self.network, self.preprocessing, int(parser.get_parsed_content("sw_batch_size")), self.device, self.amp)
+            batch = int(parser.get_parsed_content("sw_batch_size"))
+            self.streaming = StreamingVolumeSegmenter(self.model, self.preprocessing, batch, self.device, self.amp, fixed_batch=compiled)
 
     def load(self, item: InferenceItem) -> Any:
         """Read and preprocess one case (run ahead in a thread by batch inference)."""
@@ -92,7 +96,7 @@ class BundlePredictor:
         data = loaded
         image = data["image"]
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
-            data["pred"] = self.inferer(image[None].to(self.device), self.network)[0].float().cpu()
+            data["pred"] = self.inferer(image[None].to(self.device), self.model)[0].float().cpu()
         data = self.postprocessing(data)
         labels = np.asarray(data["pred"].detach().cpu().numpy()[0]).astype(np.uint8)
         if self.kind != "volume":
@@ -108,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict = {}
     if args.device:
         overrides["device"] = f"$torch.device({args.device!r})"
+    if args.compile:
+        overrides["compile"] = True
     items: List[InferenceItem] = find_inputs(args.input)
     rank, world = rank_and_world_size()
     mine = split_for_rank(items, rank, world)
@@ -129,6 +135,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--sam-checkpoint", default=None, help="the SAM checkpoint the model was trained on")
     parser.add_argument("--config", action="append", default=[], help="override config file merged after inference.json (repeatable)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the config's)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (one-off compilation, then faster slices; pays off over many volumes)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-prefetch", action="store_true", help="do not read the next case while this one is segmented (halves peak memory)")
