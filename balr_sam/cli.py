@@ -3,7 +3,8 @@
 Each subcommand lives in its own module under :mod:`balr_sam.commands` and exposes
 ``register(subparsers)``, which adds an ``argparse`` parser whose ``func`` default is called with
 the parsed arguments and returns the process exit status. Expected errors are raised as
-:class:`balr_sam.errors.BalrSamError` and printed as one line without a traceback.
+:class:`balr_sam.errors.BalrSamError` and printed as one line without a traceback, also when
+MONAI wrapped them in its own error on the way up.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from typing import Optional, Sequence
 
 from balr_sam import __version__
-from balr_sam.errors import BalrSamError
+from balr_sam.errors import find_error
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
@@ -52,8 +53,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except BalrSamError as err:
-        print(f"balr-sam {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        expected = find_error(err)  # also when MONAI wrapped it (config parsing, Compose)
+        if expected is None:
+            raise
+        print(f"balr-sam {args.command}: error: {expected}", file=sys.stderr)
         return 1
 
 
