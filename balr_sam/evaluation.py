@@ -45,6 +45,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -52,6 +53,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from balr_sam.data.io import check_readable_file, load_nifti, nifti_affine
 from balr_sam.errors import BalrSamError, DataError
 from balr_sam.labels import LabelSet, get_label_set, remap_labels
 from balr_sam.metrics import (
@@ -122,7 +124,11 @@ def list_case_files(folder: Union[str, Path], what: str = "files") -> Dict[str, 
     if not folder.is_dir():
         raise DataError(f"{folder}: not a directory ({what})")
     found: Dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:  # e.g. no read permission on the folder
+        raise DataError(f"{folder}: the folder cannot be listed ({err.strerror or type(err).__name__})") from None
+    for path in entries:
         if path.name.startswith(".") or not path.is_file():
             continue
         stem, suf = _split_suffix(path.name)
@@ -215,27 +221,32 @@ def _squeeze_nifti(path: Path, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _load_nifti(path: Path) -> Tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
 
+
+def _load_nifti(path: Path) -> Tuple[np.ndarray, Any]:
+    """``(voxels, nibabel image)``; the geometry is checked by the caller, who knows the dimensionality."""
+    img = load_nifti(path)  # DataError for empty, unreadable or corrupt files
     try:
-        img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for damaged files
-        raise DataError(f"{path}: cannot read NIfTI file ({type(err).__name__}: {err})") from err
-    return arr, np.asarray(img.affine, dtype=np.float64)
+    except Exception as err:  # truncated gzip, short file: nibabel raises many types
+        raise DataError(f"{path}: voxel data is unreadable or truncated ({_one_line(err)})") from None
+    return arr, img
 
 
 def _load_raster(path: Path) -> np.ndarray:
     from PIL import Image
 
+    check_readable_file(path)
     try:
         with Image.open(path) as im:
-            if im.mode in ("RGBA", "LA"):
+            if im.mode in ("RGBA", "LA"):  # alpha is dropped, as the 2D readers do
                 im = im.convert(im.mode[:-1])
             arr = np.asarray(im)
     except Exception as err:
-        raise DataError(f"{path}: cannot read image file ({type(err).__name__}: {err})") from err
+        raise DataError(f"{path}: cannot read image file ({_one_line(err)})") from None
     return arr
 
 
@@ -248,6 +259,8 @@ def _check_values(path: Path, arr: np.ndarray) -> np.ndarray:
             raise DataError(f"{path}: label map holds NaN or Inf values")
         if not np.all(arr == np.round(arr)):
             raise DataError(f"{path}: label map holds non-integer values")
+        if arr.size and np.abs(arr).max() >= 2**31:  # checked before the cast, which would wrap
+            raise DataError(f"{path}: label value {float(np.abs(arr).max()):.6g} is outside any label numbering")
         arr = arr.astype(np.int64)
     elif arr.dtype.kind not in "iu":
         raise DataError(f"{path}: label map has unsupported data type {arr.dtype}")
@@ -270,8 +283,10 @@ def read_label_file(path: Union[str, Path], label_set: LabelSet, label_map: str 
             f"{path}: label set {label_set.name!r} has no map {label_map!r}; known: {sorted(label_set.maps)}"
         )
     if suf in NIFTI_SUFFIXES:
-        arr, affine = _load_nifti(path)
+        arr, img = _load_nifti(path)
         arr = _squeeze_nifti(path, arr)
+        # refuse a header whose geometry is undefined rather than measure HD95 with a made-up spacing
+        affine = nifti_affine(path, img, spatial_dims=arr.ndim)
         raster = False
     elif suf in RASTER_SUFFIXES:
         arr, affine, raster = _load_raster(path), None, True
@@ -612,10 +627,13 @@ def save_overlay(
         handles = [Patch(color=colours[c], label=label_set.display_names.get(c, str(c))) for c in present]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08 if present else 0, 1, 0.95))
     path = Path(path)
     tmp = path.with_name(path.stem + ".part.png")
-    fig.savefig(tmp, dpi=80)
+    with warnings.catch_warnings():
+        # a case name in a script the font lacks (e.g. CJK) draws as boxes; not worth a warning per glyph
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        fig.tight_layout(rect=(0, 0.08 if present else 0, 1, 0.95))
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
     os.replace(tmp, path)
     return index

@@ -92,7 +92,11 @@ def find_inputs(source: PathLike) -> List[InferenceItem]:
         if item is None:
             raise DataError(f"{path}: not a volume ({', '.join(VOLUME_SUFFIXES)}), a 2D image or a DICOM series folder")
         return [item]
-    items = [it for p in sorted(path.iterdir()) if not p.name.startswith(".") and (it := _item(p)) is not None]
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as err:
+        raise DataError(f"{path}: the folder cannot be listed ({err.strerror})") from None
+    items = [it for p in entries if not p.name.startswith(".") and (it := _item(p)) is not None]
     if not items:
         raise DataError(f"{path}: empty folder: no NIfTI/NRRD/MHA volume, 2D image or DICOM series in it")
     names = [it.case for it in items]

@@ -98,5 +98,9 @@ def remap_labels(label: np.ndarray, label_set: str, source: str) -> np.ndarray:
     arr = np.asarray(label)
     if arr.size and arr.min() < 0:
         raise ValueError(f"negative label values are not valid (found {arr.min()})")
-    lut = get_label_set(label_set).lookup_table(source, int(arr.max()) if arr.size else 0)
-    return lut[arr.astype(np.int64)].astype(np.uint8)
+    # values above the map's largest source value all become 0: clip there, so that the lookup
+    # table stays small whatever the largest value in the file
+    ls = get_label_set(label_set)
+    top = max(ls.maps.get(source, {}), default=0) + 1
+    lut = ls.lookup_table(source, top)  # KeyError for an unknown source
+    return lut[np.minimum(arr, top).astype(np.int64)].astype(np.uint8)

@@ -225,7 +225,7 @@ def test_missing_prediction_is_reported(folders, tmp_path, capsys):
         ("values", "label values 12 are not ids of label set 'synapse'"),
         ("nan", "NaN or Inf"),
         ("4d", "expected a 2D or 3D label map"),
-        ("garbage", "cannot read NIfTI file"),
+        ("garbage", "cannot be read as NIfTI"),
     ],
 )
 def test_bad_file_gives_clear_error_naming_it(folders, tmp_path, problem, message):

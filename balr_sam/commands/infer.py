@@ -101,6 +101,11 @@ class BundlePredictor:
         labels = np.asarray(data["pred"].detach().cpu().numpy()[0]).astype(np.uint8)
         if self.kind != "volume":
             return labels, None
+        # Invertd passes a prediction it cannot invert through with only a warning: never write
+        # a label map whose grid is not the input's
+        expected = tuple(int(s) for s in np.asarray(image.meta["spatial_shape"]))
+        if labels.shape != expected:
+            raise DataError(f"{item.image}: prediction shape {labels.shape} does not match the input's {expected} (not inverted to the original geometry); not written")
         return labels, np.asarray(image.meta["original_affine"], dtype=np.float64)
 
     def __call__(self, item: InferenceItem) -> Tuple[np.ndarray, Optional[np.ndarray]]:

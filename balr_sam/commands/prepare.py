@@ -21,6 +21,12 @@ Examples::
 
 An existing output is never replaced unless ``--overwrite`` is given. ``--verify`` reads every
 file completely (NaN/Inf, label values, decoding) after writing the datalist.
+
+A bad case (unreadable, corrupt or empty file, missing partner, image/label mismatch, and with
+``--verify`` NaN/Inf voxels or label values outside the label map) does not stop the others: it
+is reported on one line, left out of the splits and listed under ``failed`` in the datalist, and
+the exit status is 1. ``--fail-fast`` stops at the first bad case instead (before writing the
+datalist, or, for ``--verify``'s checks, after).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import sys
 from pathlib import Path
 
 from balr_sam.data.datalists import (
+    exclude_failed,
     prepare_images2d,
     prepare_isic2017,
     prepare_nifti,
@@ -47,6 +54,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="datalist JSON to write (paths relative to its folder)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--verify", action="store_true", help="read every file completely after preparing")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first bad case (default: leave it out, list it under 'failed', exit status 1)")
 
 
 def _fractions(p: argparse.ArgumentParser, val: float, test: float) -> None:
@@ -127,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    common = dict(output=args.output, overwrite=args.overwrite)
+    common = dict(output=args.output, overwrite=args.overwrite, skip_bad=not args.fail_fast)
     if args.dataset == "synapse":
         datalist = prepare_synapse(args.src, layout=args.layout, split=args.split, val_fraction=args.val_fraction,
                                    test_fraction=args.test_fraction, seed=args.seed, list_dir=args.list_dir, **common)
@@ -156,7 +165,15 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {key}: {len(datalist[key])}")
     for note in datalist.get("notes", []):
         print(f"  note: {note}")
+    failed = list(datalist.get("failed", []))
     if args.verify:
-        n = verify_datalist(args.output)
-        print(f"  verified {n} cases: all files readable and consistent")
-    return 0
+        problems: list = [] if not args.fail_fast else None  # type: ignore[assignment]
+        n = verify_datalist(args.output, failures=problems)
+        if problems:
+            failed += exclude_failed(args.output, problems)["failed"][len(failed):]
+            print(f"  verified {n} cases: {len(problems)} failed, left out and listed under 'failed' in {args.output}")
+        else:
+            print(f"  verified {n} cases: all files readable and consistent")
+    for entry in failed:  # one line each, on stderr, like the other commands' per-case errors
+        print(f"balr-sam prepare {args.dataset}: case {entry.get('case_id')} left out: {entry['error']}", file=sys.stderr)
+    return 1 if failed else 0

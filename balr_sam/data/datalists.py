@@ -29,6 +29,9 @@ A datalist is a JSON file (``load_decathlon_datalist`` reads it) with these keys
 ``unlabeled``, ``ignored``, ``notes``
     (optional) images without labels (e.g. BTCV's test set), cases left out of every split,
     and human-readable remarks about the preparation.
+``failed``
+    (optional, ``skip_bad=True``) cases left out because their files failed the checks:
+    ``{"case_id", "image" (or "label"), "error"}``, the error a one-line message naming the file.
 ``numTraining``, ``numValidation``, ``numTest``
     list sizes.
 
@@ -71,6 +74,7 @@ from balr_sam.labels import get_label_set
 __all__ = [
     "PREPARERS",
     "SPLITS",
+    "exclude_failed",
     "load_datalist",
     "prepare_images2d",
     "prepare_isic2017",
@@ -142,7 +146,7 @@ def _finish(
             for k in _PATH_KEYS:
                 if k in case:
                     case[k] = _rel(case[k], base_dir)
-            if label_map != "identity" and "label" in case:
+            if label_map != "identity" and "label" in case and key != "failed":
                 case["label_map"] = label_map
             items.append(case)
         if key in SPLITS or items:
@@ -223,18 +227,28 @@ def load_datalist(path: PathLike, split: str = "training", base_dir: Optional[Pa
 
 
 def verify_datalist(path: PathLike, splits: Sequence[str] = SPLITS, strict_labels: bool = True,
-                    progress: Optional[Callable[[int, int], None]] = None) -> int:
+                    progress: Optional[Callable[[int, int], None]] = None,
+                    failures: Optional[List[dict]] = None) -> int:
     """Read every case of a datalist completely, as training/inference will, and validate it.
 
     Volumes: readable, 3D, finite, label on the image's grid, label values within the case's
     label map. TransUNet arrays: readable, right keys and dimensionality, finite, labels valid.
     2D: images and masks readable, same size.
 
+    Args:
+        path: the datalist JSON.
+        splits: the lists to check.
+        strict_labels: reject label values the case's numbering does not define.
+        progress: called with ``(done, total)`` after each case.
+        failures: when given, a problem does not stop the check: it is appended as
+            ``{"split", "index", "case_id", "error"}`` (see :func:`exclude_failed`) and the
+            remaining cases are still read.
+
     Returns:
         number of cases checked.
 
     Raises:
-        DataError: the first problem found (file path first).
+        DataError: the first problem found (file path first), unless ``failures`` is given.
     """
     from balr_sam.data.transforms import (
         AlignToReferenced,
@@ -248,8 +262,8 @@ def verify_datalist(path: PathLike, splits: Sequence[str] = SPLITS, strict_label
     data = read_datalist(path)
     fmt = data.get("format", "volume")
     label_set = data.get("label_set", "synapse")
-    todo = [(s, item) for s in splits for item in load_datalist(path, s)]
-    for n, (_split, item) in enumerate(todo):
+    todo = [(s, i, item) for s in splits for i, item in enumerate(load_datalist(path, s))]
+    for n, (split, index, item) in enumerate(todo):
         keys = [k for k in _PATH_KEYS if k in item]
         if fmt == "volume":
             ops = [LoadVolumed(keys=keys), AlignToReferenced(keys="label", allow_missing_keys=True),
@@ -266,16 +280,101 @@ def verify_datalist(path: PathLike, splits: Sequence[str] = SPLITS, strict_label
         else:
             raise DataError(f"{path}: unknown datalist format {fmt!r}")
         d = dict(item)
-        for op in ops:
-            d = op(d)
+        try:
+            for op in ops:
+                d = op(d)
+        except DataError as err:
+            if failures is None:
+                raise
+            failures.append({"split": split, "index": index, "case_id": item.get("case_id"), "error": str(err)})
         if progress is not None:
             progress(n + 1, len(todo))
     return len(todo)
 
 
+def exclude_failed(path: PathLike, failures: Sequence[dict]) -> dict:
+    """Move the cases :func:`verify_datalist` found bad from their lists to ``failed`` and rewrite the datalist.
+
+    Args:
+        path: the datalist JSON (rewritten atomically).
+        failures: ``{"split", "index", "case_id", "error"}`` entries from :func:`verify_datalist`.
+
+    Returns:
+        the rewritten datalist (paths as stored).
+    """
+    data = read_datalist(path)
+    drop: Dict[str, set] = {}
+    for f in failures:
+        drop.setdefault(f["split"], set()).add(int(f["index"]))
+    failed = list(data.get("failed", []))
+    for split, indexes in drop.items():
+        items = data.get(split, [])
+        for i in sorted(indexes):
+            item = items[i] if isinstance(items[i], dict) else {"image": items[i]}
+            error = next(f["error"] for f in failures if f["split"] == split and int(f["index"]) == i)
+            failed.append({"case_id": item.get("case_id"), "image": item.get("image"), "error": error})
+        data[split] = [item for i, item in enumerate(items) if i not in indexes]
+    data["failed"] = failed
+    data["numTraining"] = len(data.get("training", []))
+    data["numValidation"] = len(data.get("validation", []))
+    data["numTest"] = len(data.get("test", []))
+    write_datalist(data, path, overwrite=True)
+    return data
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+class _Failures:
+    """Per-case problems found while preparing: raised at once, or (``skip_bad``) recorded so that
+    the case is left out, listed under ``failed``, and the other cases still get prepared."""
+
+    def __init__(self, skip_bad: bool) -> None:
+        self.skip_bad = skip_bad
+        self.failed: List[dict] = []
+
+    def add(self, case_id: str, err: DataError, image: Optional[Path] = None, label: Optional[Path] = None) -> None:
+        """Record ``err`` for ``case_id`` (raise it when not skipping)."""
+        if not self.skip_bad:
+            raise err
+        entry: dict = {"case_id": case_id}
+        if image is not None:
+            entry["image"] = image
+        if label is not None:
+            entry["label"] = label
+        entry["error"] = str(err)
+        self.failed.append(entry)
+
+    def unpaired(self, files: List[Path], what: Callable[[Path], str], case_id: Callable[[Path], str], key: str) -> None:
+        """Files without their partner: one error for all (strict), or one failed case each."""
+        if not files:
+            return
+        if not self.skip_bad:
+            raise _pair_error(files, what(files[0]))
+        for f in files:
+            self.add(case_id(f), DataError(f"{f}: {what(f)}"), **{key: f})
+
+    def check_any_left(self, n_cases: int) -> None:
+        """Every case failed: nothing to write; the error is the first problem (one line)."""
+        if n_cases == 0 and self.failed:
+            more = f" (and {len(self.failed) - 1} more failed cases; none left to prepare)" if len(self.failed) > 1 else ""
+            raise DataError(f"{self.failed[0]['error']}{more}")
+
+    def finish(self, cases: Dict[str, List[dict]], notes: List[str]) -> None:
+        """Add the ``failed`` list and a note to a datalist's cases."""
+        if self.failed:
+            cases["failed"] = self.failed
+            notes.append(f"{len(self.failed)} cases failed the checks and were left out (listed under 'failed')")
+
+
+def _iterdir(folder: Path) -> List[Path]:
+    """``sorted(folder.iterdir())`` with a DataError for a folder that cannot be listed."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as err:
+        raise DataError(f"{folder}: the folder cannot be listed ({err.strerror or type(err).__name__})") from None
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -303,7 +402,7 @@ def _pair_error(unpaired: List[Path], what: str) -> DataError:
 
 def _list_files(folder: Path, suffixes: Sequence[str], exclude: Callable[[str], bool] = lambda n: False) -> List[Path]:
     return sorted(
-        f for f in folder.iterdir()
+        f for f in _iterdir(folder)
         if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(tuple(suffixes)) and not exclude(f.name)
     )
 
@@ -343,6 +442,7 @@ def prepare_synapse(
     seed: int = 0,
     list_dir: Optional[PathLike] = None,
     overwrite: bool = False,
+    skip_bad: bool = False,
 ) -> dict:
     """Prepare Synapse (BTCV) multi-organ CT, raw or TransUNet-preprocessed.
 
@@ -374,10 +474,14 @@ def prepare_synapse(
         val_fraction, test_fraction, seed: see above.
         list_dir: folder with TransUNet's ``train.txt``/``test_vol.txt``.
         overwrite: replace an existing ``output``.
+        skip_bad: leave out the cases whose files fail the checks (listed under ``failed``)
+            instead of raising on the first one; splits are computed over all cases first, so
+            a bad case does not move good ones to another split.
 
     Raises:
         DataError: missing/empty folders, unpaired images or labels, unreadable headers,
-        image/label shape or geometry mismatch, bad ``.npz``/``.h5`` contents.
+        image/label shape or geometry mismatch, bad ``.npz``/``.h5`` contents (with
+        ``skip_bad``: only when no case is left, or the problem is not one case's).
     """
     root = _require_dir(Path(src), "Synapse dataset root")
     if layout == "auto":
@@ -390,10 +494,11 @@ def prepare_synapse(
                 f"{root}: not a Synapse layout: expected img/ + label/ (raw BTCV, possibly under Training/ or "
                 "RawData/Training/) or train_npz/ + test_vol_h5/ (TransUNet)"
             )
+    failures = _Failures(skip_bad)
     if layout == "raw":
-        return _prepare_synapse_raw(root, output, split, val_fraction, test_fraction, seed, overwrite)
+        return _prepare_synapse_raw(root, output, split, val_fraction, test_fraction, seed, overwrite, failures)
     if layout == "npz":
-        return _prepare_synapse_npz(root, output, val_fraction or 0.0, seed, list_dir, overwrite)
+        return _prepare_synapse_npz(root, output, val_fraction or 0.0, seed, list_dir, overwrite, failures)
     raise ValueError(f"unknown Synapse layout {layout!r}; use 'auto', 'raw' or 'npz'")
 
 
@@ -407,7 +512,7 @@ def _find_btcv_training(root: Path) -> Optional[Path]:
 def _btcv_files(folder: Path, pattern: re.Pattern, what: str) -> Tuple[Dict[int, Path], List[str]]:
     found: Dict[int, Path] = {}
     others: List[str] = []
-    for f in sorted(folder.iterdir()):
+    for f in _iterdir(folder):
         if f.name.startswith("."):
             continue
         m = pattern.match(f.name)
@@ -421,7 +526,7 @@ def _btcv_files(folder: Path, pattern: re.Pattern, what: str) -> Tuple[Dict[int,
     return found, others
 
 
-def _prepare_synapse_raw(root, output, split, val_fraction, test_fraction, seed, overwrite) -> dict:
+def _prepare_synapse_raw(root, output, split, val_fraction, test_fraction, seed, overwrite, failures: _Failures) -> dict:
     train_dir = _find_btcv_training(root)
     if train_dir is None:
         raise DataError(f"{root}: no img/ folder (raw BTCV layout img/imgXXXX.nii.gz + label/labelXXXX.nii.gz)")
@@ -433,22 +538,31 @@ def _prepare_synapse_raw(root, output, split, val_fraction, test_fraction, seed,
     if not lab_dir.is_dir():
         raise DataError(f"{lab_dir}: no such folder: raw BTCV training images need their label/labelXXXX.nii.gz")
     labels, other_labs = _btcv_files(lab_dir, _BTCV_LAB, "label")
-    missing = [images[c] for c in sorted(images) if c not in labels]
-    if missing:
-        raise _pair_error(missing, f"no matching label (expected {lab_dir / missing[0].name.replace('img', 'label', 1)})")
-    orphans = [labels[c] for c in sorted(labels) if c not in images]
-    if orphans:
-        raise _pair_error(orphans, f"label without an image (expected {img_dir / orphans[0].name.replace('label', 'img', 1)})")
+    case_of = {f: f"{c:04d}" for c, f in list(images.items()) + list(labels.items())}
+    failures.unpaired([images[c] for c in sorted(images) if c not in labels],
+                      lambda f: f"no matching label (expected {lab_dir / f.name.replace('img', 'label', 1)})",
+                      case_of.get, "image")
+    failures.unpaired([labels[c] for c in sorted(labels) if c not in images],
+                      lambda f: f"label without an image (expected {img_dir / f.name.replace('label', 'img', 1)})",
+                      case_of.get, "label")
     notes = [f"ignored non-BTCV file {img_dir.name}/{n}" for n in other_imgs]
     notes += [f"ignored non-BTCV file {lab_dir.name}/{n}" for n in other_labs]
     cases: Dict[int, dict] = {}
-    for c in sorted(images):
-        spacing = _check_volume_pair(images[c], labels[c])
+    for c in sorted(c for c in images if c in labels):
+        try:
+            spacing = _check_volume_pair(images[c], labels[c])
+        except DataError as err:
+            failures.add(f"{c:04d}", err, image=images[c])
+            continue
         cases[c] = {"case_id": f"{c:04d}", "image": images[c], "label": labels[c], "spacing": list(spacing)}
+    failures.check_any_left(len(cases))
+    # the split is decided over every image found, failed ones included, so that a bad case
+    # neither changes the split kind nor moves good cases from one split to another
+    all_ids = sorted(images)
     ids = sorted(cases)
     transunet_ids = set(TRANSUNET_TEST_IDS) | set(TRANSUNET_TRAIN_IDS)
     if split == "auto":
-        split = "transunet" if transunet_ids <= set(ids) else "fraction"
+        split = "transunet" if transunet_ids <= set(all_ids) else "fraction"
         notes.append(
             "split 'auto': all 30 TransUNet cases present, TransUNet split used" if split == "transunet"
             else "split 'auto': the case numbers are not BTCV's 30 training cases, seeded fraction split used"
@@ -458,7 +572,7 @@ def _prepare_synapse_raw(root, output, split, val_fraction, test_fraction, seed,
     if split == "transunet":
         train_ids = [c for c in ids if c in TRANSUNET_TRAIN_IDS]
         test_ids = [c for c in ids if c in TRANSUNET_TEST_IDS]
-        absent = sorted(transunet_ids - set(ids))
+        absent = sorted(transunet_ids - set(all_ids))
         if absent:
             notes.append(f"TransUNet cases missing from {img_dir}: {absent}")
         extra = [c for c in ids if c not in transunet_ids]
@@ -468,13 +582,14 @@ def _prepare_synapse_raw(root, output, split, val_fraction, test_fraction, seed,
         if not train_ids:
             raise DataError(f"{img_dir}: none of TransUNet's 18 training cases ({list(TRANSUNET_TRAIN_IDS)}) is present")
         vf = val_fraction or 0.0
-        inner = fraction_split(train_ids, vf, 0.0, seed) if vf > 0 else {"training": train_ids, "validation": []}
+        all_train = [c for c in all_ids if c in TRANSUNET_TRAIN_IDS]
+        inner = fraction_split(all_train, vf, 0.0, seed) if vf > 0 else {"training": all_train, "validation": []}
         groups = {"training": inner["training"], "validation": inner["validation"], "test": test_ids}
     elif split == "fraction":
-        groups = fraction_split(ids, 0.2 if val_fraction is None else val_fraction, test_fraction, seed)
+        groups = fraction_split(all_ids, 0.2 if val_fraction is None else val_fraction, test_fraction, seed)
     else:
         raise ValueError(f"unknown Synapse split {split!r}; use 'auto', 'transunet' or 'fraction'")
-    out_cases = {k: [cases[c] for c in v] for k, v in groups.items()}
+    out_cases = {k: [cases[c] for c in v if c in cases] for k, v in groups.items()}
     if ignored:
         out_cases["ignored"] = ignored
     test_dir = _first_existing([train_dir.parent / "Testing" / "img"]) if train_dir != root else None
@@ -483,6 +598,7 @@ def _prepare_synapse_raw(root, output, split, val_fraction, test_fraction, seed,
         if unl:
             out_cases["unlabeled"] = [{"case_id": f"{c:04d}", "image": unl[c]} for c in sorted(unl)]
             notes.append(f"{len(unl)} unlabelled images in {test_dir} listed under 'unlabeled'")
+    failures.finish(out_cases, notes)
     return _finish(
         name="Synapse multi-organ CT (BTCV, raw)",
         description="BTCV abdominal CT, labels mapped from BTCV numbering to the 8 Synapse organs",
@@ -501,7 +617,39 @@ def _read_list(path: Path) -> List[str]:
     return names
 
 
-def _prepare_synapse_npz(root, output, val_fraction, seed, list_dir, overwrite) -> dict:
+def _check_npz_slice(f: Path) -> None:
+    """A TransUNet training slice: 2D ``image`` and ``label`` arrays of the same shape (headers only)."""
+    header = npz_header(f)
+    for key in ("image", "label"):
+        if key not in header:
+            raise DataError(f"{f}: no array {key!r} (arrays: {sorted(header)})")
+        if len(header[key][0]) != 2:
+            raise DataError(f"{f}: expected a 2D slice in {key!r}, got shape {header[key][0]}")
+    if header["image"][0] != header["label"][0]:
+        raise DataError(f"{f}: label shape {header['label'][0]} does not match image shape {header['image'][0]}")
+
+
+def _check_h5_volume(f: Path) -> bool:
+    """A TransUNet test volume: 3D ``image`` (and ``label`` of the same shape); returns whether it has a label."""
+    import h5py
+
+    try:
+        with h5py.File(str(f), "r") as h5:
+            shapes = {k: tuple(h5[k].shape) for k in ("image", "label") if k in h5}
+            present = sorted(h5.keys())
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(f"{f}: cannot be read as HDF5 ({type(err).__name__}: {first})") from None
+    if "image" not in shapes:
+        raise DataError(f"{f}: no dataset 'image' (datasets: {present})")
+    if len(shapes["image"]) != 3:
+        raise DataError(f"{f}: expected a 3D volume in 'image', got shape {shapes['image']}")
+    if "label" in shapes and shapes["label"] != shapes["image"]:
+        raise DataError(f"{f}: label shape {shapes['label']} does not match image shape {shapes['image']}")
+    return "label" in shapes
+
+
+def _prepare_synapse_npz(root, output, val_fraction, seed, list_dir, overwrite, failures: _Failures) -> dict:
     train_dir, test_dir = root / "train_npz", root / "test_vol_h5"
     notes: List[str] = []
     if not train_dir.is_dir() and not test_dir.is_dir():
@@ -515,7 +663,7 @@ def _prepare_synapse_npz(root, output, val_fraction, seed, list_dir, overwrite) 
         raise DataError(f"{list_dir}: no train.txt or test_vol.txt in the list folder")
     training: List[dict] = []
     if train_dir.is_dir():
-        files = {f.name[:-4]: f for f in train_dir.iterdir() if _NPZ.match(f.name)}
+        files = {f.name[:-4]: f for f in _iterdir(train_dir) if _NPZ.match(f.name)}
         if not files:
             raise DataError(f"{train_dir}: empty folder, no caseXXXX_sliceYYY.npz slices found")
         names = sorted(files)
@@ -529,19 +677,16 @@ def _prepare_synapse_npz(root, output, val_fraction, seed, list_dir, overwrite) 
             names = listed
         for n in names:
             f = files[n]
-            header = npz_header(f)
-            for key in ("image", "label"):
-                if key not in header:
-                    raise DataError(f"{f}: no array {key!r} (arrays: {sorted(header)})")
-                if len(header[key][0]) != 2:
-                    raise DataError(f"{f}: expected a 2D slice in {key!r}, got shape {header[key][0]}")
-            if header["image"][0] != header["label"][0]:
-                raise DataError(f"{f}: label shape {header['label'][0]} does not match image shape {header['image'][0]}")
             m = _NPZ.match(f.name)
+            try:
+                _check_npz_slice(f)
+            except DataError as err:
+                failures.add(f"{int(m.group(1)):04d}", err, image=f)
+                continue
             training.append({"case_id": f"{int(m.group(1)):04d}", "slice": int(m.group(2)), "image": f, "label": f})
     test: List[dict] = []
     if test_dir.is_dir():
-        vols = {f.name[: -len(".npy.h5")]: f for f in test_dir.iterdir() if _H5.match(f.name)}
+        vols = {f.name[: -len(".npy.h5")]: f for f in _iterdir(test_dir) if _H5.match(f.name)}
         if not vols:
             raise DataError(f"{test_dir}: empty folder, no caseXXXX.npy.h5 volumes found")
         names = sorted(vols)
@@ -551,38 +696,35 @@ def _prepare_synapse_npz(root, output, val_fraction, seed, list_dir, overwrite) 
             if absent:
                 raise DataError(f"{lists / 'test_vol.txt'}: lists {len(absent)} volumes missing from {test_dir}, e.g. {absent[0]}.npy.h5")
             names = listed
-        import h5py
-
         for n in names:
             f = vols[n]
+            case_id = f"{int(_H5.match(f.name).group(1)):04d}"
             try:
-                with h5py.File(str(f), "r") as h5:
-                    shapes = {k: tuple(h5[k].shape) for k in ("image", "label") if k in h5}
-                    present = sorted(h5.keys())
-            except Exception as err:
-                raise DataError(f"{f}: cannot be read as HDF5 ({type(err).__name__}: {err})") from None
-            if "image" not in shapes:
-                raise DataError(f"{f}: no dataset 'image' (datasets: {present})")
-            if len(shapes["image"]) != 3:
-                raise DataError(f"{f}: expected a 3D volume in 'image', got shape {shapes['image']}")
-            entry = {"case_id": f"{int(_H5.match(f.name).group(1)):04d}", "image": f}
-            if "label" in shapes:
-                if shapes["label"] != shapes["image"]:
-                    raise DataError(f"{f}: label shape {shapes['label']} does not match image shape {shapes['image']}")
+                has_label = _check_h5_volume(f)
+            except DataError as err:
+                failures.add(case_id, err, image=f)
+                continue
+            entry = {"case_id": case_id, "image": f}
+            if has_label:
                 entry["label"] = f
             test.append(entry)
+    failures.check_any_left(len(training) + len(test))
     validation: List[dict] = []
     if val_fraction > 0 and training:
-        case_ids = sorted({e["case_id"] for e in training})
+        # over every case found (failed slices included): a bad slice must not reshuffle the split
+        failed_train = {e["case_id"] for e in failures.failed if Path(e["image"]).parent == train_dir}
+        case_ids = sorted({e["case_id"] for e in training} | failed_train)
         val_cases = set(fraction_split(case_ids, val_fraction, 0.0, seed)["validation"])
         validation = [e for e in training if e["case_id"] in val_cases]
         training = [e for e in training if e["case_id"] not in val_cases]
+    cases = {"training": training, "validation": validation, "test": test}
+    failures.finish(cases, notes)
     return _finish(
         name="Synapse multi-organ CT (TransUNet preprocessed)",
         description=("TransUNet's Synapse slices (train_npz) and test volumes (test_vol_h5), "
                      "windowed to [-125, 275] HU and scaled to [0, 1]"),
         fmt="transunet", modality="CT", label_set="synapse", label_map="identity",
-        split="transunet", cases={"training": training, "validation": validation, "test": test},
+        split="transunet", cases=cases,
         output=output, source=root, notes=notes, overwrite=overwrite,
         extra={"seed": seed} if val_fraction > 0 else None,
     )
@@ -602,13 +744,19 @@ def _pair_2d(
     exclude: Callable[[str], bool] = lambda n: False,
     mask_exclude: Callable[[str], bool] = lambda n: False,
     extra: Optional[dict] = None,
+    failures: Optional[_Failures] = None,
 ) -> List[dict]:
-    """Pair images with masks: the mask of image stem ``s`` has stem ``mask_name(s)`` (any image suffix)."""
+    """Pair images with masks: the mask of image stem ``s`` has stem ``mask_name(s)`` (any image suffix).
+
+    Cases with a missing, unreadable or differently sized mask go to ``failures`` (which raises
+    unless it skips bad cases).
+    """
+    failures = failures if failures is not None else _Failures(skip_bad=False)
     _require_dir(image_dir, "images")
     _require_dir(mask_dir, "masks")
     images = _list_files(image_dir, image_suffixes, exclude)
     if not images:
-        empty = "empty folder, " if not any(image_dir.iterdir()) else ""
+        empty = "empty folder, " if not _iterdir(image_dir) else ""
         raise DataError(f"{image_dir}: {empty}no images ({', '.join(image_suffixes)}) found")
     masks: Dict[str, Path] = {}
     for m in _list_files(mask_dir, IMAGE2D_SUFFIXES, mask_exclude):
@@ -622,17 +770,20 @@ def _pair_2d(
         if stem in stems:
             raise DataError(f"{f}: two images with the same name stem (also {stems[stem].name})")
         stems[stem] = f
-    missing = [stems[s] for s in sorted(stems) if mask_name(s) not in masks]
-    if missing:
-        raise _pair_error(missing, f"no matching mask {mask_name(strip_suffix(missing[0].name))}.* in {mask_dir}")
+    failures.unpaired([stems[s] for s in sorted(stems) if mask_name(s) not in masks],
+                      lambda f: f"no matching mask {mask_name(strip_suffix(f.name))}.* in {mask_dir}",
+                      lambda f: strip_suffix(f.name), "image")
     expected = {mask_name(s) for s in stems}
-    orphans = [masks[m] for m in sorted(masks) if m not in expected]
-    if orphans:
-        raise _pair_error(orphans, f"mask without an image in {image_dir}")
+    failures.unpaired([masks[m] for m in sorted(masks) if m not in expected],
+                      lambda f: f"mask without an image in {image_dir}", lambda f: strip_suffix(f.name), "label")
     cases = []
-    for s in sorted(stems):
+    for s in sorted(s for s in stems if mask_name(s) in masks):
         image, mask = stems[s], masks[mask_name(s)]
-        _check_2d_pair(image, mask)
+        try:
+            _check_2d_pair(image, mask)
+        except DataError as err:
+            failures.add(s, err, image=image)
+            continue
         case = {"case_id": s, "image": image, "label": mask}
         case.update(extra or {})
         cases.append(case)
@@ -645,6 +796,7 @@ def prepare_isic2017(
     *,
     mask_threshold: float = 127,
     overwrite: bool = False,
+    skip_bad: bool = False,
 ) -> dict:
     """Prepare ISIC 2017 Part 1 (lesion segmentation) with the official splits.
 
@@ -652,11 +804,14 @@ def prepare_isic2017(
     ``ISIC-2017_{...}_Part1_GroundTruth/ISIC_XXXXXXX_segmentation.png``; the
     ``*_superpixels.png`` files and the metadata CSV in the data folders are ignored. The
     training folders are required; a missing validation/test pair of folders is noted.
+    ``skip_bad=True`` leaves out the cases whose files fail the checks (listed under ``failed``)
+    instead of raising on the first one.
 
     Raises:
         DataError: missing training folders, empty folders, unpaired images or masks, size mismatch.
     """
     root = _require_dir(Path(src), "ISIC 2017 root")
+    failures = _Failures(skip_bad)
     cases: Dict[str, List[dict]] = {}
     notes: List[str] = []
     for split, (data_name, gt_name) in ISIC2017_FOLDERS.items():
@@ -674,7 +829,10 @@ def prepare_isic2017(
             image_suffixes=(".jpg", ".jpeg", ".png"),
             exclude=lambda n: "_superpixels" in n,
             mask_exclude=lambda n: "_superpixels" in n,
+            failures=failures,
         )
+    failures.check_any_left(sum(len(v) for v in cases.values()))
+    failures.finish(cases, notes)
     return _finish(
         name="ISIC 2017 lesion segmentation",
         description="ISIC 2017 Part 1 dermoscopy images with binary lesion masks, official training/validation/test folders",
@@ -702,6 +860,7 @@ def prepare_polyp(
     seed: int = 0,
     mask_threshold: float = 127,
     overwrite: bool = False,
+    skip_bad: bool = False,
 ) -> dict:
     """Prepare polyp segmentation data in PraNet's layout.
 
@@ -710,7 +869,8 @@ def prepare_polyp(
     ``images``/``masks`` is a test set, its name in each test case's ``"test_set"`` (PraNet's five
     are :data:`~balr_sam.data.splits.POLYP_TEST_SETS`; missing ones are noted). Masks and images
     pair by file name stem. ``val_fraction`` moves a seeded fraction of training images to
-    validation (PraNet uses none).
+    validation (PraNet uses none). ``skip_bad=True`` leaves out the cases whose files fail the
+    checks (listed under ``failed``) instead of raising on the first one.
 
     Raises:
         DataError: missing/empty folders, unpaired images or masks, size mismatch.
@@ -720,22 +880,24 @@ def prepare_polyp(
     test_root = root / "TestDataset"
     if not train_root.is_dir() and not test_root.is_dir():
         raise DataError(f"{root}: neither TrainDataset/ nor TestDataset/ found (PraNet layout)")
+    failures = _Failures(skip_bad)
     notes: List[str] = []
     training: List[dict] = []
     if train_root.is_dir():
         img_dir, msk_dir = _polyp_dirs(train_root)
-        training = _pair_2d(img_dir, msk_dir, lambda s: s)
+        training = _pair_2d(img_dir, msk_dir, lambda s: s, failures=failures)
     else:
         notes.append("TrainDataset/ not found: 'training' is empty")
+    failed_train = [f["case_id"] for f in failures.failed if "image" in f]
     test: List[dict] = []
     if test_root.is_dir():
-        sets = sorted(p.name for p in test_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        sets = sorted(p.name for p in _iterdir(test_root) if p.is_dir() and not p.name.startswith("."))
         if not sets:
             raise DataError(f"{test_root}: empty folder, no test sets found")
         order = [s for s in POLYP_TEST_SETS if s in sets] + [s for s in sets if s not in POLYP_TEST_SETS]
         for name in order:
             img_dir, msk_dir = _polyp_dirs(test_root / name)
-            test += _pair_2d(img_dir, msk_dir, lambda s: s, extra={"test_set": name})
+            test += _pair_2d(img_dir, msk_dir, lambda s: s, extra={"test_set": name}, failures=failures)
         missing = [s for s in POLYP_TEST_SETS if s not in sets]
         if missing:
             notes.append(f"PraNet test sets not found: {missing}")
@@ -744,17 +906,20 @@ def prepare_polyp(
             notes.append(f"test sets outside PraNet's five included: {unusual}")
     else:
         notes.append("TestDataset/ not found: 'test' is empty")
+    failures.check_any_left(len(training) + len(test))
     validation: List[dict] = []
     if val_fraction > 0 and training:
-        ids = [c["case_id"] for c in training]
+        ids = sorted({c["case_id"] for c in training} | set(failed_train))  # failed ones too: a stable split
         val_ids = set(fraction_split(ids, val_fraction, 0.0, seed)["validation"])
         validation = [c for c in training if c["case_id"] in val_ids]
         training = [c for c in training if c["case_id"] not in val_ids]
+    cases = {"training": training, "validation": validation, "test": test}
+    failures.finish(cases, notes)
     return _finish(
         name="Polyp segmentation (PraNet protocol)",
         description="Colonoscopy images with binary polyp masks: PraNet's TrainDataset and five test sets",
         fmt="image2d", modality="endoscopy", label_set="polyp", label_map="identity",
-        split="official", cases={"training": training, "validation": validation, "test": test},
+        split="official", cases=cases,
         output=output, source=root, notes=notes, overwrite=overwrite,
         extra={"mask_threshold": mask_threshold, "test_sets": [s for s in POLYP_TEST_SETS if any(c.get("test_set") == s for c in test)]
                + sorted({c["test_set"] for c in test} - set(POLYP_TEST_SETS))},
@@ -776,6 +941,7 @@ def prepare_images2d(
     modality: str = "photograph",
     name: Optional[str] = None,
     overwrite: bool = False,
+    skip_bad: bool = False,
 ) -> dict:
     """Prepare a generic "image folder + mask folder" 2D dataset.
 
@@ -783,19 +949,28 @@ def prepare_images2d(
     Kvasir-SEG (``images/x.jpg`` + ``masks/x.jpg``, JPEG masks: threshold 127) and PH2
     (``images/IMD002.png`` + ``masks/IMD002_lesion.png``: ``mask_suffix="_lesion"``) fit.
     Cases are split with a seeded fraction split (``test_fraction=1`` puts everything in test).
+    ``skip_bad=True`` leaves out the cases whose files fail the checks (listed under ``failed``)
+    instead of raising on the first one; the split is computed over all images first, so a bad
+    case does not move good ones to another split.
 
     Raises:
         DataError: missing/empty folders, unpaired images or masks, size mismatch.
     """
     root = _require_dir(Path(src), "2D dataset root")
-    cases = _pair_2d(root / images, root / masks, lambda s: f"{s}{mask_suffix}")
+    failures = _Failures(skip_bad)
+    cases = _pair_2d(root / images, root / masks, lambda s: f"{s}{mask_suffix}", failures=failures)
+    failures.check_any_left(len(cases))
     by_id = {c["case_id"]: c for c in cases}
-    groups = fraction_split(sorted(by_id), val_fraction, test_fraction, seed)
+    all_ids = sorted(set(by_id) | {f["case_id"] for f in failures.failed if "image" in f})
+    groups = fraction_split(all_ids, val_fraction, test_fraction, seed)
+    out = {k: [by_id[i] for i in v if i in by_id] for k, v in groups.items()}
+    notes: List[str] = []
+    failures.finish(out, notes)
     return _finish(
         name=name or root.name,
         description=f"2D images ({images}/) with binary masks ({masks}/<name>{mask_suffix}.*)",
         fmt="image2d", modality=modality, label_set=label_set, label_map="identity",
-        split="fraction", cases={k: [by_id[i] for i in v] for k, v in groups.items()},
+        split="fraction", cases=out, notes=notes,
         output=output, source=root, overwrite=overwrite,
         extra={"mask_threshold": mask_threshold, "seed": seed},
     )
@@ -808,7 +983,7 @@ def prepare_images2d(
 
 def _volume_candidates(folder: Path, label_suffix: str = "") -> List[Path]:
     out = []
-    for f in sorted(folder.iterdir()):
+    for f in _iterdir(folder):
         if f.name.startswith("."):
             continue
         if f.is_file() and f.name.lower().endswith(VOLUME_SUFFIXES):
@@ -818,6 +993,11 @@ def _volume_candidates(folder: Path, label_suffix: str = "") -> List[Path]:
         elif f.is_dir() and is_dicom_series_dir(f):
             out.append(f)
     return out
+
+
+def _stem(path: Path) -> str:
+    """Case id of a volume file (name without suffix) or DICOM folder (its name)."""
+    return strip_suffix(path.name) if path.is_file() else path.name
 
 
 def _find_label(label_dir: Path, stem: str, suffix: str) -> Optional[Path]:
@@ -845,6 +1025,7 @@ def prepare_nifti(
     seed: int = 0,
     name: Optional[str] = None,
     overwrite: bool = False,
+    skip_bad: bool = False,
 ) -> dict:
     """Prepare any folder of CT volumes (NIfTI/NRRD/MHA files and/or DICOM series folders).
 
@@ -864,6 +1045,9 @@ def prepare_nifti(
     Labelled cases are split with a seeded fraction split (``test_fraction=1`` puts all in
     test); unlabelled cases always go to ``test`` (inference only). ``label_map`` names the label
     files' numbering (``"totalseg"`` for TotalSegmentator output, ``"btcv"``...).
+    ``skip_bad=True`` leaves out the cases whose files fail the checks (listed under ``failed``)
+    instead of raising on the first one; the split is computed over all cases first, so a bad
+    case does not move good ones to another split.
 
     Raises:
         DataError: no volumes, unpaired labels (a labels folder or ``label_name`` was given but a
@@ -873,22 +1057,28 @@ def prepare_nifti(
     ls = get_label_set(label_set)
     if label_map not in ls.maps:
         raise ValueError(f"label set {label_set!r} has no label map {label_map!r}; known: {sorted(ls.maps)}")
+    failures = _Failures(skip_bad)
     found: List[Tuple[str, Path, Optional[Path]]] = []
+    all_ids: List[str] = []  # every case found, failed ones included (for a stable split)
     if image_names:
-        folders = [root] + sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        expects_labels = bool(label_name)
+        folders = [root] + [p for p in _iterdir(root) if p.is_dir() and not p.name.startswith(".")]
         for folder in folders:
             image = _first_existing(folder / n for n in image_names)
             if image is None:
                 continue
+            all_ids.append(folder.name)
             if image.is_dir() and not is_dicom_series_dir(image):
-                raise DataError(f"{image}: folder holds no DICOM files")
+                failures.add(folder.name, DataError(f"{image}: folder holds no DICOM files"), image=image)
+                continue
             label = None
             if label_name:
                 label = folder / label_name
                 if not label.exists():
-                    raise DataError(f"{image}: no matching label {label}")
+                    failures.add(folder.name, DataError(f"{image}: no matching label {label}"), image=image)
+                    continue
             found.append((folder.name, image, label))
-        if not found:
+        if not all_ids:
             raise DataError(f"{root}: no case folder holds any of {list(image_names)}")
     else:
         img_dir = _require_dir(Path(images) if images else root, "images")
@@ -896,9 +1086,10 @@ def prepare_nifti(
         same_dir = lab_dir is not None and lab_dir.resolve() == img_dir.resolve()
         if same_dir and not label_suffix:
             raise DataError(f"{lab_dir}: images and labels in the same folder need a label suffix (e.g. --label-suffix _seg)")
+        expects_labels = lab_dir is not None
         vols = _volume_candidates(img_dir, label_suffix if same_dir else "")
         if not vols:
-            empty = "empty folder, " if not any(img_dir.iterdir()) else ""
+            empty = "empty folder, " if not _iterdir(img_dir) else ""
             raise DataError(f"{img_dir}: {empty}no volumes ({', '.join(VOLUME_SUFFIXES)}) or DICOM series folders found")
         stems: Dict[str, Path] = {}
         for v in vols:
@@ -907,32 +1098,40 @@ def prepare_nifti(
                 raise DataError(f"{v}: two volumes with the same name stem (also {stems[stem].name})")
             stems[stem] = v
         used = set()
+        missing: List[Path] = []
+        all_ids = list(stems)
         for stem, v in stems.items():
             label = None
             if lab_dir is not None:
                 label = _find_label(lab_dir, stem, label_suffix)
                 if label is None:
-                    raise DataError(f"{v}: no matching label {stem}{label_suffix}.nii.gz in {lab_dir}")
+                    missing.append(v)
+                    continue
                 used.add(label.resolve())
             found.append((stem, v, label))
+        failures.unpaired(missing, lambda f: f"no matching label {_stem(f)}{label_suffix}.nii.gz in {lab_dir}", _stem, "image")
         if lab_dir is not None:
             orphans = [f for f in _list_files(lab_dir, VOLUME_SUFFIXES)
                        if f.resolve() not in used and (not same_dir or strip_suffix(f.name).endswith(label_suffix))]
-            if orphans:
-                raise _pair_error(orphans, f"label without an image in {img_dir}")
+            failures.unpaired(orphans, lambda f: f"label without an image in {img_dir}", _stem, "label")
     cases: Dict[str, dict] = {}
     unlabeled: List[dict] = []
     for case_id, image, label in found:
-        if label is not None:
-            spacing = _check_volume_pair(image, label)
-            cases[case_id] = {"case_id": case_id, "image": image, "label": label, "spacing": list(spacing)}
-        else:
-            hdr = read_volume_header(image)
-            unlabeled.append({"case_id": case_id, "image": image, "spacing": [round(float(s), 6) for s in hdr.spacing]})
-    groups = fraction_split(sorted(cases), val_fraction, test_fraction, seed)
-    out = {k: [cases[i] for i in v] for k, v in groups.items()}
+        try:
+            if label is not None:
+                spacing = _check_volume_pair(image, label)
+                cases[case_id] = {"case_id": case_id, "image": image, "label": label, "spacing": list(spacing)}
+            else:
+                hdr = read_volume_header(image)
+                unlabeled.append({"case_id": case_id, "image": image, "spacing": [round(float(s), 6) for s in hdr.spacing]})
+        except DataError as err:
+            failures.add(case_id, err, image=image)
+    failures.check_any_left(len(cases) + len(unlabeled))
+    groups = fraction_split(sorted(all_ids) if expects_labels else [], val_fraction, test_fraction, seed)
+    out = {k: [cases[i] for i in v if i in cases] for k, v in groups.items()}
     out["test"] = out["test"] + unlabeled
     notes = [f"{len(unlabeled)} cases without labels put in 'test' (inference only)"] if unlabeled else []
+    failures.finish(out, notes)
     return _finish(
         name=name or root.name,
         description="CT volumes (NIfTI/DICOM)" + (f", labels in {label_map!r} numbering" if cases else ", no labels"),

@@ -19,6 +19,27 @@ Conventions:
 - **TransUNet arrays** (:func:`read_array`): ``.npz`` slices ``H x W``; ``.h5`` volumes stored
   ``D x H x W`` are returned as ``H x W x D`` (axial slices last, like every other volume).
 
+Bad-input policies (each one tested in ``tests/test_bad_input.py``):
+
+- **NaN/Inf voxels** are refused (the message gives the counts and the first index); so are
+  float values beyond the float32 range every pipeline computes in (they would become Inf).
+  Large but finite values (uint16 65535, int32 2e9) are kept as they are: every pipeline clips
+  them into its intensity window, nothing wraps around.
+- **NIfTI headers**: an sform (``sform_code > 0``) defines the geometry on its own; without one,
+  a zero or non-finite voxel size ``pixdim[1:4]`` leaves the spacing unknown and is refused
+  (nibabel would silently assume 1 mm). A negative ``pixdim`` is accepted as its absolute value,
+  as nibabel (and so MONAI's ``NibabelReader``) does: the standard requires positive sizes, and
+  the qform's handedness is carried by ``qfac = pixdim[0]``, not by their signs. A singular or
+  non-finite affine (e.g. a zero column) is refused.
+- **Empty (0-byte) and unreadable files** (no read permission) are refused with that reason; a
+  folder that cannot be listed counts as a possible DICOM series, so that reading it reports
+  the problem instead of the folder being skipped silently.
+- **2D images**: an alpha channel is dropped (not composited: the colour under a transparent
+  pixel is the real pixel value); 16-bit grey images are scaled to the 8-bit range
+  (``value / 257``, so 65535 -> 255) because every 2D pipeline expects [0, 255]; other wide
+  images (32-bit integer, float) must already hold values in [0, 255]. Masks are thresholded on
+  their stored values, so 16-bit {0, 65535} and {0, 255} masks both work.
+
 Supported volume formats: NIfTI (``.nii``, ``.nii.gz``, via nibabel, affine kept bit-exact),
 DICOM series folders (SimpleITK/GDCM by default, pydicom + pylibjpeg as the alternative backend;
 both decode JPEG 2000), and the single-file ITK formats ``.nrrd``, ``.mha``, ``.mhd`` (SimpleITK).
@@ -45,10 +66,13 @@ __all__ = [
     "align_to_reference",
     "axcodes",
     "check_grid",
+    "check_readable_file",
     "dicom_series_files",
     "is_dicom_series_dir",
     "is_volume_path",
     "is_image2d_path",
+    "load_nifti",
+    "nifti_affine",
     "npz_header",
     "read_array",
     "read_dicom_series",
@@ -158,11 +182,16 @@ def _check_3d(path: PathLike, shape: Sequence[int]) -> Tuple[int, int, int]:
 def _check_affine(path: PathLike, affine: np.ndarray) -> np.ndarray:
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise DataError(f"{path}: invalid voxel-to-world affine (singular or not finite):\n{affine}")
+        # one line: the command line prints errors as single lines
+        raise DataError(f"{path}: invalid voxel-to-world affine (singular or not finite): {np.round(affine, 4).tolist()}")
     return affine
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _check_finite(path: PathLike, array: np.ndarray) -> None:
+    """Refuse NaN/Inf voxels, and float values that would overflow to Inf in the float32 pipelines."""
     if np.issubdtype(array.dtype, np.floating):
         finite = np.isfinite(array)
         if not finite.all():
@@ -172,6 +201,13 @@ def _check_finite(path: PathLike, array: np.ndarray) -> None:
             raise DataError(
                 f"{path}: contains {n_nan} NaN and {n_inf} Inf voxels (first at index {tuple(int(i) for i in bad[0])})"
             )
+        if array.dtype.itemsize > 4 and array.size:
+            too_big = np.abs(array) > _FLOAT32_MAX
+            if too_big.any():
+                raise DataError(
+                    f"{path}: {int(too_big.sum())} voxels exceed the float32 range (largest magnitude "
+                    f"{float(np.abs(array).max()):.3g}); they would become Inf when processed"
+                )
 
 
 def read_volume_header(path: PathLike) -> VolumeHeader:
@@ -191,12 +227,13 @@ def read_volume_header(path: PathLike) -> VolumeHeader:
         return VolumeHeader(str(p), geom["shape"], geom["affine"], "dicom")
     name = p.name.lower()
     if name.endswith(_NIFTI_SUFFIXES):
-        img = _nib_load(p)
+        img = load_nifti(p)
         shape = _check_3d(p, img.shape)
-        return VolumeHeader(str(p), shape, _check_affine(p, img.affine), "nifti")
+        return VolumeHeader(str(p), shape, nifti_affine(p, img), "nifti")
     if name.endswith(VOLUME_SUFFIXES):
         import SimpleITK as sitk
 
+        check_readable_file(p)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(p))
         try:
@@ -225,7 +262,8 @@ def read_volume(path: PathLike, *, check_finite: bool = True, dicom_backend: str
         voxel -> RAS mm.
 
     Raises:
-        DataError: unreadable/corrupt/truncated file, not 3D, NaN/Inf voxels, bad DICOM series.
+        DataError: missing/empty/unreadable/corrupt/truncated file, not 3D, undefined geometry
+        (see :func:`nifti_affine`), NaN/Inf voxels or values beyond float32, bad DICOM series.
     """
     p = Path(path)
     if p.is_dir():
@@ -235,7 +273,7 @@ def read_volume(path: PathLike, *, check_finite: bool = True, dicom_backend: str
         return Volume(str(p), tuple(array.shape), affine, "dicom", array)
     header = read_volume_header(p)
     if header.fmt == "nifti":
-        img = _nib_load(p)
+        img = load_nifti(p)
         try:
             array = np.asanyarray(img.dataobj)
         except Exception as err:  # truncated gzip, short file, bad scaling...
@@ -263,13 +301,98 @@ def _first_line(err: BaseException) -> str:
     return (lines[-1] if lines and "itk::ERROR" in text else (lines[0] if lines else type(err).__name__))[:300]
 
 
-def _nib_load(p: Path):
-    import nibabel as nib
+def check_readable_file(path: PathLike) -> None:
+    """Refuse a missing, empty (0 bytes) or unreadable (no permission) file with a message saying which.
 
+    Raises:
+        DataError: ``"<path>: no such file"``, ``"<path>: empty file (0 bytes)"``,
+            ``"<path>: permission denied ..."``.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"{p}: no such file") from None
+    except OSError as err:
+        raise DataError(f"{p}: cannot be accessed ({err.strerror or type(err).__name__})") from None
+    if p.is_file() and size == 0:
+        raise DataError(f"{p}: empty file (0 bytes)")
+    try:
+        with open(p, "rb"):
+            pass
+    except PermissionError:
+        raise DataError(f"{p}: permission denied (the file is not readable)") from None
+    except OSError as err:
+        raise DataError(f"{p}: cannot be opened ({err.strerror or type(err).__name__})") from None
+
+
+def load_nifti(path: PathLike):
+    """``nibabel.load`` with the product's errors: one-line :class:`DataError` for empty, unreadable
+    or corrupt files, and without nibabel's header-repair warnings on stderr (see :func:`nifti_affine`)."""
+    import logging
+
+    import nibabel as nib
+    from nibabel.imageglobals import logger as nib_logger
+
+    p = Path(path)
+    check_readable_file(p)
+    # nibabel logs the header repairs it makes on load (zero pixdim -> 1 ...) as warnings on
+    # stderr; nifti_affine decides about those cases itself and says so in one line
+    level = nib_logger.level
+    nib_logger.setLevel(logging.ERROR)
     try:
         return nib.load(str(p))
     except Exception as err:
         raise DataError(f"{p}: cannot be read as NIfTI ({type(err).__name__}: {_first_line(err)})") from None
+    finally:
+        nib_logger.setLevel(level)
+
+
+def _raw_nifti_header(p: Path, header_class):
+    """The header as stored, before nibabel's load-time repairs (which rewrite pixdim)."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(p)) as fobj:
+            return header_class.from_fileobj(fobj, check=False)
+    except Exception as err:
+        raise DataError(f"{p}: cannot be read as NIfTI ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def nifti_affine(path: PathLike, img, spatial_dims: int = 3) -> np.ndarray:
+    """The voxel -> RAS affine of a loaded NIfTI image, refused when the header cannot define it.
+
+    The geometry is the sform when ``sform_code > 0``, else the qform when ``qform_code > 0``,
+    else nibabel's ``pixdim`` scaling (NIfTI's "method 1"), as nibabel and MONAI choose it. Without
+    an sform, the voxel size comes from ``pixdim[1:4]``: a zero or non-finite size there is refused
+    (nibabel would silently take 1 mm); a negative one is accepted as its absolute value, as
+    nibabel does (handedness is in ``qfac``, not in these signs). The result must be finite and
+    non-singular over the first ``spatial_dims`` axes.
+
+    Args:
+        path: the file, for messages.
+        img: the ``nibabel`` image loaded from ``path``.
+        spatial_dims: 3 for volumes; 2 for 2D label maps (a third axis of size 1 needs no size).
+
+    Raises:
+        DataError: zero/non-finite voxel size without sform, singular or non-finite affine.
+    """
+    p = Path(path)
+    raw = _raw_nifti_header(p, type(img.header))
+    if int(raw["sform_code"]) <= 0:
+        pixdim = np.asarray(raw["pixdim"][1 : 1 + spatial_dims], dtype=np.float64)
+        if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+            raise DataError(
+                f"{p}: voxel size pixdim[1:{1 + spatial_dims}] = {pixdim.tolist()} has zero or non-finite "
+                f"entries and there is no sform (sform_code 0): the voxel spacing is unknown"
+            )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if spatial_dims == 3:
+        return _check_affine(p, affine)
+    columns = affine[:3, :spatial_dims]
+    if not np.all(np.isfinite(affine)) or np.any(np.linalg.norm(columns, axis=0) < 1e-12):
+        raise DataError(f"{p}: invalid voxel-to-world affine (zero or not finite): {np.round(affine, 4).tolist()}")
+    return affine
 
 
 def _itk_affine(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float], path: PathLike) -> np.ndarray:
@@ -290,7 +413,13 @@ def dicom_series_files(folder: PathLike) -> List[Path]:
     """Files in ``folder`` (not recursive) that may be DICOM: everything except obvious non-DICOM names."""
     p = Path(folder)
     files = []
-    for f in sorted(p.iterdir()):
+    try:
+        entries = sorted(p.iterdir())
+    except PermissionError:
+        raise DataError(f"{p}: permission denied (the folder cannot be listed)") from None
+    except OSError as err:
+        raise DataError(f"{p}: the folder cannot be listed ({err.strerror or type(err).__name__})") from None
+    for f in entries:
         if not f.is_file() or f.name.startswith(".") or f.name in _DICOM_SKIP_NAMES:
             continue
         if f.name.lower().endswith(_DICOM_SKIP_SUFFIXES):
@@ -304,16 +433,27 @@ def is_dicom_series_dir(folder: PathLike) -> bool:
 
     Files are checked in name order until one is a DICOM image (a header with ``Rows`` whose
     modality is not a non-image object such as SEG or RTSTRUCT); a folder holding only a
-    DICOM-SEG, or no DICOM at all, is not a series.
+    DICOM-SEG, or no DICOM at all, is not a series. A folder that cannot be listed, or an
+    unreadable ``*.dcm`` file in it (no permission), may be a series: it counts as one, so that
+    reading it reports the problem instead of the case being skipped without a word. (Other
+    unreadable files are passed over: they may be anything.)
     """
     import pydicom
 
     p = Path(folder)
     if not p.is_dir():
         return False
-    for f in dicom_series_files(p):
+    try:
+        files = dicom_series_files(p)
+    except DataError:
+        return True
+    for f in files:
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except PermissionError:
+            if f.suffix.lower() == ".dcm":
+                return True
+            continue
         except Exception:
             continue
         if hasattr(ds, "Rows") and str(getattr(ds, "Modality", "")).upper() not in _DICOM_NON_IMAGE_MODALITIES:
@@ -331,6 +471,8 @@ def _dicom_headers(folder: Path) -> List[Tuple[Path, object]]:
     for f in files:
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except PermissionError:
+            raise DataError(f"{f}: permission denied (the file is not readable)") from None
         except Exception as err:
             raise DataError(f"{f}: cannot be read as DICOM ({type(err).__name__}: {_first_line(err)})") from None
         headers.append((f, ds))
@@ -602,8 +744,7 @@ def align_to_reference(
 def _open_pil(path: Path):
     from PIL import Image, UnidentifiedImageError
 
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
+    check_readable_file(path)
     try:
         img = Image.open(str(path))
         img.load()
@@ -616,7 +757,7 @@ def _open_pil(path: Path):
 
 
 def _nifti_2d(path: Path) -> np.ndarray:
-    img = _nib_load(path)
+    img = load_nifti(path)
     shape = tuple(int(s) for s in img.shape)
     squeezed = tuple(s for s in shape if s != 1)
     if len(squeezed) > 2:
@@ -641,8 +782,7 @@ def read_image_2d_size(path: PathLike) -> Tuple[int, int]:
     p = Path(path)
     if p.name.lower().endswith(_NIFTI_SUFFIXES):
         return tuple(_nifti_2d(p).shape)  # type: ignore[return-value]
-    if not p.exists():
-        raise DataError(f"{p}: no such file")
+    check_readable_file(p)
     try:
         with Image.open(str(p)) as img:
             width, height = img.size
@@ -651,19 +791,40 @@ def read_image_2d_size(path: PathLike) -> Tuple[int, int]:
     return int(height), int(width)
 
 
+def _wide_grey(path: Path, img) -> np.ndarray:
+    """A grey image with more than 8 bits per pixel, as float32 in the 8-bit range [0, 255]."""
+    grey = np.asarray(img).astype(np.float32)
+    # PNG grey is 1-16 bits, so a PNG in mode "I" (older Pillow) is 16-bit too
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        if grey.size and grey.min() < 0:
+            raise DataError(f"{path}: 16-bit image with negative values (min {grey.min():g})")
+        return grey / np.float32(257.0)  # 65535 -> 255 exactly; clipping at 255 would make it white
+    if grey.size and (not np.all(np.isfinite(grey)) or grey.min() < 0 or grey.max() > 255):
+        raise DataError(
+            f"{path}: {img.mode!r} image with values in [{np.nanmin(grey):g}, {np.nanmax(grey):g}]; expected the "
+            f"8-bit range [0, 255] (convert it to an 8-bit image)"
+        )
+    return grey
+
+
 def read_image_2d(path: PathLike) -> np.ndarray:
     """Read a 2D RGB image (dermoscopy, endoscopy).
 
-    Grey images are repeated to three channels; an alpha channel is dropped.
+    Grey images are repeated to three channels; an alpha channel is dropped (not composited onto
+    a background: the colour stored under a transparent pixel is kept as it is). 16-bit grey
+    images are scaled to [0, 255] (``value / 257``); 32-bit integer and float images must hold
+    values in [0, 255] already.
 
     Args:
         path: PNG/JPEG/BMP/TIFF file (or a 2D NIfTI).
 
     Returns:
-        ``H x W x 3`` ``uint8`` array (float32 for 16-bit or float sources, values as stored).
+        ``H x W x 3`` ``uint8`` array (float32 in [0, 255] for 16-bit, 32-bit or float sources;
+        2D NIfTI values as stored).
 
     Raises:
-        DataError: missing/corrupt file, multi-frame or 3D input, unsupported pixel type.
+        DataError: missing/empty/unreadable/corrupt file, multi-frame or 3D input, unsupported
+        pixel type, wide image outside the 8-bit range.
     """
     p = Path(path)
     if p.name.lower().endswith(_NIFTI_SUFFIXES):
@@ -675,8 +836,7 @@ def read_image_2d(path: PathLike) -> np.ndarray:
     elif img.mode in ("RGBA", "P", "PA", "CMYK", "YCbCr", "LA", "L", "1", "LAB", "HSV"):
         arr = np.asarray(img.convert("RGB"))
     elif img.mode.startswith("I") or img.mode == "F":
-        grey = np.asarray(img).astype(np.float32)
-        arr = np.repeat(grey[..., None], 3, axis=-1)
+        arr = np.repeat(_wide_grey(p, img)[..., None], 3, axis=-1)
     else:
         raise DataError(f"{p}: unsupported image mode {img.mode!r}")
     if arr.ndim != 3 or arr.shape[-1] != 3:
@@ -687,9 +847,10 @@ def read_image_2d(path: PathLike) -> np.ndarray:
 def read_mask_2d(path: PathLike, threshold: float = 127) -> np.ndarray:
     """Read a 2D binary mask and binarise it (``value > threshold`` -> 1).
 
-    Colour masks (e.g. Kvasir's JPEG masks) are converted to luminance first; use
-    ``threshold=127`` for JPEG masks (compression noise around 0 and 255) and ``0`` for clean
-    {0, 1} or {0, 255} masks.
+    Colour masks (e.g. Kvasir's JPEG masks) are converted to luminance first (an alpha channel
+    is dropped); use ``threshold=127`` for JPEG masks (compression noise around 0 and 255) and
+    ``0`` for clean {0, 1} or {0, 255} masks. 16-bit masks are thresholded on their stored
+    values (not rescaled), so {0, 255} and {0, 65535} masks both give 0/1.
 
     Args:
         path: PNG/JPEG/BMP/TIFF (or 2D NIfTI) mask.

@@ -337,19 +337,20 @@ def check_label_values(label: np.ndarray, label_set: str, source: str, path: str
             bad = np.unique(arr[rounded != arr])[:5]
             raise DataError(f"{path}: label values must be integers, found {bad.tolist()}")
         arr = rounded
-    arr = arr.astype(np.int64, copy=False)
     if arr.size == 0:
-        return arr
-    lo, hi = int(arr.min()), int(arr.max())
+        return arr.astype(np.int64)
     limit = label_source_max(label_set, source)
-    if lo < 0 or hi > limit:
-        values = np.unique(arr[(arr < 0) | (arr > limit)])
-        shown = values[:10].tolist() + (["..."] if values.size > 10 else [])
+    # range check before the int64 cast: a float such as 1e30 would wrap to a meaningless integer
+    outside = (arr < 0) | (arr > limit)
+    if outside.any():
+        values = np.unique(arr[outside])
+        shown = [int(v) if abs(float(v)) < 2**31 else float(f"{float(v):.6g}") for v in values[:10]]
+        shown += ["..."] if values.size > 10 else []
         raise DataError(
             f"{path}: label values {shown} are outside the {source!r} label map of {label_set!r} "
             f"(valid values 0..{limit})"
         )
-    return arr
+    return arr.astype(np.int64, copy=False)
 
 
 class MapLabelsd(MapTransform):
@@ -406,8 +407,12 @@ class MapLabelsd(MapTransform):
             if self.strict:
                 ints = check_label_values(arr, self.label_set, source, path)
             else:
-                ints = np.rint(np.nan_to_num(arr)).astype(np.int64) if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.int64)
-                ints = np.clip(ints, 0, None)
+                # every value above the map's largest source value is background: clip there (before
+                # the int cast, so huge floats cannot wrap) and keep the lookup table small
+                top = max(lut_set.maps[source], default=0) + 1
+                if np.issubdtype(arr.dtype, np.floating):
+                    arr = np.rint(np.nan_to_num(arr, nan=0.0, posinf=top, neginf=0.0))
+                ints = np.clip(arr, 0, top).astype(np.int64)
             lut = lut_set.lookup_table(source, int(ints.max()) if ints.size else 0)
             mapped = torch.from_numpy(lut[ints].astype(np.float32))
             d[key] = convert_to_dst_type(mapped, dst=img, dtype=torch.float32)[0] if isinstance(img, torch.Tensor) else mapped
