@@ -1,8 +1,10 @@
 """Ignite/MONAI engine parts for training and evaluating BALR-SAM from the bundle configs."""
 
+from balr_sam.engine.determinism import RandomStates, ReplayedEpoch, SeedEachEpoch, epoch_seed, seed_everything
 from balr_sam.engine.handlers import (
     AtomicCheckpointSaver,
     LoadTrainedModel,
+    NonFiniteLossError,
     ResumeFromCheckpoint,
     SaveBestModel,
     SaveFinalModel,
@@ -10,18 +12,28 @@ from balr_sam.engine.handlers import (
     TrainableWeights,
     latest_checkpoint,
     load_trained_weights,
+    remove_partial_checkpoints,
+    run_training,
 )
 from balr_sam.engine.schedulers import warmup_poly_lr
 
 __all__ = [
     "AtomicCheckpointSaver",
     "LoadTrainedModel",
+    "NonFiniteLossError",
+    "RandomStates",
+    "ReplayedEpoch",
     "ResumeFromCheckpoint",
     "SaveBestModel",
     "SaveFinalModel",
+    "SeedEachEpoch",
     "StopOnNonFiniteLoss",
     "TrainableWeights",
+    "epoch_seed",
     "latest_checkpoint",
     "load_trained_weights",
+    "remove_partial_checkpoints",
+    "run_training",
+    "seed_everything",
     "warmup_poly_lr",
 ]

@@ -6,12 +6,15 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
 
+from balr_sam.atomic import atomic_write
+from balr_sam.engine.determinism import RandomStates, ReplayedEpoch
 from balr_sam.networks.balr_sam import BALRSAM
 from balr_sam.errors import CheckpointError
 from balr_sam.networks.trainable import (
@@ -23,7 +26,20 @@ from balr_sam.networks.trainable import (
     trainable_state_dict,
 )
 
-__all__ = ["TrainableWeights", "LoadTrainedModel", "load_trained_weights", "AtomicCheckpointSaver", "ResumeFromCheckpoint", "SaveBestModel", "SaveFinalModel", "latest_checkpoint", "StopOnNonFiniteLoss"]
+__all__ = [
+    "TrainableWeights",
+    "LoadTrainedModel",
+    "load_trained_weights",
+    "AtomicCheckpointSaver",
+    "ResumeFromCheckpoint",
+    "SaveBestModel",
+    "SaveFinalModel",
+    "latest_checkpoint",
+    "remove_partial_checkpoints",
+    "NonFiniteLossError",
+    "StopOnNonFiniteLoss",
+    "run_training",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,26 +71,57 @@ class TrainableWeights:
         load_trainable_state_dict(self.model, state_dict)
 
 
-class AtomicCheckpointSaver:
-    """Save ``save_dict`` and the engine every ``epoch_interval`` epochs (and/or iterations), atomically.
+class _AtomicTorchSave(BaseSaveHandler):
+    """Ignite save handler: ``torch.save`` to a temporary file beside the target, renamed into place.
 
-    Ignite's :class:`~ignite.handlers.Checkpoint` with an atomic :class:`~ignite.handlers.DiskSaver`
-    (temporary file + rename): a crash during a save never corrupts the previous checkpoint. Files
-    are named ``{prefix}_checkpoint_{iteration}.pt``; the ``n_saved`` most recent are kept. The
-    engine it is attached to is saved under ``"trainer"`` (epoch, iteration), so configs need not
-    reference the trainer from its own handlers. Only rank 0 writes under DDP (Ignite's rule).
+    A process killed during a save leaves the previous checkpoint intact and, at worst, a hidden
+    ``.{name}.XXXX.part`` file that :func:`remove_partial_checkpoints` deletes. Only rank 0 writes.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
+        if _rank() == 0:
+            atomic_write(self.folder / filename, lambda tmp: torch.save(checkpoint, tmp))
+
+    def remove(self, filename: str) -> None:
+        """Nothing: Ignite's ``Checkpoint`` removes the oldest file *before* writing the new one, so a
+        kill during that write would leave no checkpoint at all; :meth:`AtomicCheckpointSaver.save`
+        deletes old files once the new one is in place instead."""
+
+
+class AtomicCheckpointSaver:
+    """Save everything training needs to resume, every ``epoch_interval`` epochs and/or ``iteration_interval`` iterations.
+
+    Files are named ``{prefix}_checkpoint_{iteration}.pt``; the ``n_saved`` most recent are kept
+    (older ones, and those of an earlier run that was not resumed, are deleted once the new one is
+    in place: Ignite's own order, delete then write, could leave no checkpoint at all). Each is
+    written atomically (temporary file + rename, :func:`balr_sam.atomic.atomic_write`), so a kill
+    during a save never leaves a partial file under a checkpoint's name. Besides ``save_dict``, a
+    checkpoint holds the attached engine under ``"trainer"`` (epoch, iteration), the global random
+    generators under ``"random_states"`` (:class:`~balr_sam.engine.determinism.RandomStates`) and,
+    with AMP, MONAI's ``GradScaler`` under ``"grad_scaler"``, so configs need not reference the
+    trainer from its own handlers. Only rank 0 writes under DDP.
+
+    A save due at the last iteration of an epoch is made at ``EPOCH_COMPLETED`` instead, after
+    the epoch-end handlers listed before this one (validation, best-model selection), so a run
+    resumed from it never skips an epoch's validation.
 
     Args:
         save_dir: folder of the checkpoints (created).
         save_dict: name -> object with ``state_dict()`` (network via :class:`TrainableWeights`,
             optimizer, lr scheduler).
-        epoch_interval: save every N epochs (0: never at epoch end).
-        iteration_interval: also save every N iterations (0: never), for resuming long epochs.
+        epoch_interval: save every N epochs (0: never at epoch end, unless an iteration save falls there).
+        iteration_interval: also save every N iterations (0: never), so that an interrupted long
+            epoch resumes where it was (see :mod:`balr_sam.engine.determinism`).
         n_saved: how many recent checkpoints to keep.
         prefix: file name prefix.
     """
 
     def __init__(self, save_dir: Union[str, Path], save_dict: Mapping[str, Any], epoch_interval: int = 1, iteration_interval: int = 0, n_saved: int = 1, prefix: str = "train") -> None:
+        if epoch_interval < 0 or iteration_interval < 0:
+            raise ValueError(f"checkpoint intervals must be >= 0, got epoch_interval={epoch_interval}, iteration_interval={iteration_interval}")
         self.save_dir = Path(save_dir)
         self.save_dict = dict(save_dict)
         self.epoch_interval = epoch_interval
@@ -84,32 +131,66 @@ class AtomicCheckpointSaver:
         self.checkpoint: Optional[Checkpoint] = None
 
     def attach(self, engine: Engine) -> None:
+        to_save = {**self.save_dict, "trainer": engine, "random_states": RandomStates()}
+        scaler = _grad_scaler(engine)
+        if scaler is not None:
+            to_save["grad_scaler"] = scaler
+        self.save_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint = Checkpoint(
-            {**self.save_dict, "trainer": engine},
-            DiskSaver(str(self.save_dir), require_empty=False, atomic=True, create_dir=True),
+            to_save,
+            _AtomicTorchSave(self.save_dir),
             filename_prefix=self.prefix,
             n_saved=self.n_saved,
             global_step_transform=lambda eng, _: eng.state.iteration,
         )
-        if self.epoch_interval > 0:
-            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.epoch_interval), self.save)
         if self.iteration_interval > 0:
-            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.iteration_interval), self.save)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        if self.epoch_interval > 0 or self.iteration_interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        iteration, epoch_length = engine.state.iteration, engine.state.epoch_length
+        if iteration % self.iteration_interval == 0 and not (epoch_length and iteration % epoch_length == 0):
+            self.save(engine)
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        by_epoch = self.epoch_interval > 0 and engine.state.epoch % self.epoch_interval == 0
+        by_iteration = self.iteration_interval > 0 and engine.state.iteration % self.iteration_interval == 0
+        if by_epoch or by_iteration:
+            self.save(engine)
 
     def save(self, engine: Engine) -> None:
-        """Write a checkpoint, then drop older ones beyond ``n_saved``, also those of earlier runs."""
+        """Write a checkpoint, then delete older ones beyond ``n_saved`` and leftovers of interrupted saves.
+
+        Checkpoints of a higher iteration than this run's are deleted too: they belong to an earlier
+        run this one did not resume (``resume: false``), and would otherwise be what the next
+        resume picks up.
+        """
         assert self.checkpoint is not None, "attach() first"
         self.checkpoint(engine)
         if _rank() == 0:
-            for old in _checkpoints(self.save_dir, self.prefix)[: -self.n_saved]:
-                old[1].unlink(missing_ok=True)
+            found = _checkpoints(self.save_dir, self.prefix)  # ascending iterations
+            keep = [path for iteration, path in found if iteration <= engine.state.iteration][-self.n_saved :]
+            for _, path in found:
+                if path not in keep:
+                    path.unlink(missing_ok=True)
+            remove_partial_checkpoints(self.save_dir, self.prefix)
 
 
 class ResumeFromCheckpoint:
     """Resume training from the latest checkpoint in ``save_dir`` when the engine starts.
 
-    Loads ``load_dict`` and the engine's own state (epoch, iteration) with
-    ``torch.load(..., weights_only=True)``; with no checkpoint in the folder it does nothing.
+    Loads ``load_dict``, the engine's own state (epoch, iteration) and what
+    :class:`AtomicCheckpointSaver` adds (AMP grad scaler, random states) with
+    ``torch.load(..., weights_only=True)``; with no checkpoint in the folder it does nothing, and
+    leftovers of interrupted saves are never taken for checkpoints. The ``max_epochs`` of the
+    current configuration wins, so a longer run continues a finished one.
+
+    A checkpoint written in the middle of an epoch (``iteration_interval``) resumes at the next
+    iteration of that epoch: the epoch's data is replayed up to there and the random states are
+    restored afterwards (:class:`~balr_sam.engine.determinism.ReplayedEpoch`). With
+    :class:`~balr_sam.engine.determinism.SeedEachEpoch` attached too, the resumed run then
+    reaches the weights of an uninterrupted one.
 
     Args:
         save_dir: the :class:`AtomicCheckpointSaver` folder.
@@ -134,13 +215,26 @@ class ResumeFromCheckpoint:
         if path is None:
             return
         checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
+        to_load = {**self.load_dict, "trainer": engine}
+        scaler = _grad_scaler(engine)
+        if scaler is not None and checkpoint.get("grad_scaler"):
+            to_load["grad_scaler"] = scaler
+        missing = sorted(set(to_load) - set(checkpoint))
+        if missing:
+            raise CheckpointError(f"{path}: no {', '.join(missing)} in this checkpoint; move it away or set resume to false to start from scratch")
         max_epochs = engine.state.max_epochs
-        Checkpoint.load_objects(to_load={**self.load_dict, "trainer": engine}, checkpoint=checkpoint)
-        if max_epochs is not None and engine.state.epoch >= max_epochs:
-            engine.state.max_epochs = max_epochs  # a longer run continues from the checkpoint
-        else:
-            engine.state.max_epochs = max_epochs
-        logger.info("resumed from %s at epoch %d, iteration %d", path, engine.state.epoch, engine.state.iteration)
+        Checkpoint.load_objects(to_load=to_load, checkpoint={k: checkpoint[k] for k in to_load})
+        engine.state.max_epochs = max_epochs
+        epoch_length = engine.state.epoch_length
+        done = engine.state.iteration % epoch_length if epoch_length else 0
+        data = engine.state.dataloader
+        if done and data is not None:
+            if hasattr(data, "__len__") and len(data) != epoch_length:
+                logger.warning("%s: written with %d iterations per epoch, the data now gives %d; the resumed epoch will not match the interrupted one", path, epoch_length, len(data))
+            states = checkpoint.get("random_states")
+            restore = (lambda: RandomStates().load_state_dict(states)) if states is not None else (lambda: None)
+            engine.state.dataloader = ReplayedEpoch(engine, data, done, restore)
+        logger.info("resumed from %s at epoch %d, iteration %d (%d iterations into epoch %d)", path, engine.state.epoch, engine.state.iteration, done, engine.state.epoch + 1)
 
 
 class SaveBestModel:
@@ -148,7 +242,9 @@ class SaveBestModel:
 
     The file is a trainable-only BALR-SAM checkpoint (:func:`save_trainable_checkpoint`: weights,
     configuration and base-weight fingerprint, written atomically) that ``inference.json`` and
-    ``balr-sam infer`` load on top of the SAM checkpoint.
+    ``balr-sam infer`` load on top of the SAM checkpoint. The best value so far is its state
+    (``state_dict()``), which the bundle saves with the training checkpoints: a resumed run
+    replaces ``model.pt`` only with a better model, as the uninterrupted run would.
 
     Args:
         network: the (possibly DDP-wrapped) BALR-SAM network.
@@ -161,6 +257,12 @@ class SaveBestModel:
         self.path = Path(path)
         self.metric_name = metric_name
         self.best = -math.inf
+
+    def state_dict(self) -> Dict[str, float]:
+        return {"best": float(self.best)}
+
+    def load_state_dict(self, state_dict: Mapping[str, float]) -> None:
+        self.best = float(state_dict["best"])
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -261,14 +363,36 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _grad_scaler(engine: Engine) -> Optional[Any]:
+    """The AMP ``GradScaler`` MONAI's trainers create when ``amp=True``, if it is active (it is disabled without CUDA)."""
+    scaler = getattr(engine, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
+
+
 def _trainer_epoch(engine: Engine) -> int:
     return int(getattr(engine.state, "epoch", 0))
 
 
 def latest_checkpoint(save_dir: Union[str, Path], prefix: str = "train") -> Optional[str]:
-    """Path of the checkpoint with the highest iteration in ``save_dir`` (``None`` if there is none)."""
+    """Path of the checkpoint with the highest iteration in ``save_dir`` (``None`` if there is none).
+
+    Only complete files count: :class:`AtomicCheckpointSaver` writes under a hidden temporary
+    name and renames, so an interrupted save never matches ``{prefix}_checkpoint_{N}.pt``.
+    """
     found = _checkpoints(Path(save_dir), prefix)
     return str(found[-1][1]) if found else None
+
+
+def remove_partial_checkpoints(save_dir: Union[str, Path], prefix: str = "train") -> List[Path]:
+    """Delete the temporary files that saves killed mid-write left in ``save_dir``; returns them."""
+    folder = Path(save_dir)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(prefix)}_checkpoint_\d+\.pt\..+\.part$")
+    removed = [p for p in folder.iterdir() if pattern.match(p.name)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def _checkpoints(folder: Path, prefix: str) -> List[Tuple[int, Path]]:
@@ -279,31 +403,78 @@ def _checkpoints(folder: Path, prefix: str) -> List[Tuple[int, Path]]:
     return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)))
 
 
-class StopOnNonFiniteLoss:
-    """Stop training with a clear error when the loss becomes NaN or infinite.
+class NonFiniteLossError(FloatingPointError):
+    """Training met a NaN or infinite loss (raised by :class:`StopOnNonFiniteLoss`)."""
 
-    The last good checkpoint is left untouched: Ignite runs handlers in the order they were
-    attached, so with this handler listed before the checkpoint saver (as the bundle's
-    ``train_handlers`` do) the error is raised before a diverged state could be saved.
+
+class StopOnNonFiniteLoss:
+    """Stop training with a one-line error when the loss becomes NaN or infinite.
+
+    Raises :class:`NonFiniteLossError` ("training stopped: the loss is nan at epoch E, iteration
+    I; ...") at ``ITERATION_COMPLETED``. The last good checkpoint is left untouched: Ignite runs
+    handlers in the order they were attached, so with this handler listed first (as the bundle's
+    ``train_handlers`` do) the error is raised before the LR scheduler steps or a checkpoint saver
+    could save the diverged weights, and ``COMPLETED`` handlers (final model) never run. Under DDP
+    the ranks agree on it (one all-reduce per iteration): a NaN on one rank spreads to every
+    rank's weights through the gradient all-reduce, so every rank must stop, rank 0 included.
+
+    It also takes the engine's first ``EXCEPTION_RAISED`` slot and re-raises there, so that this
+    error is not logged again with a traceback by handlers attached later (MONAI's
+    ``StatsHandler``); Ignite stops at the first such handler that raises, and any other exception
+    still propagates unchanged. :func:`run_training` turns the error into a clean process exit.
 
     Args:
         output_transform: picks the loss from ``engine.state.output`` (MONAI's trainer output is a
             list of dicts, one per sample, or a dict with key ``"loss"``).
     """
 
-    def __init__(self, output_transform=None) -> None:
+    def __init__(self, output_transform: Optional[Callable[[Any], Optional[float]]] = None) -> None:
         self.output_transform = output_transform or _loss_from_output
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, _reraise)
 
     def __call__(self, engine: Engine) -> None:
         loss = self.output_transform(engine.state.output)
-        if loss is not None and not math.isfinite(float(loss)):
-            raise FloatingPointError(
-                f"training stopped: the loss is {float(loss)} at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
-                "the last checkpoint written before this iteration is intact (lower the learning rate or check the data)"
+        value = float(loss) if loss is not None else 0.0
+        finite = math.isfinite(value)
+        if not _all_ranks_true(finite):
+            where = f"at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+            what = f"the loss is {value} {where}" if not finite else f"the loss is not finite on another process {where}"
+            raise NonFiniteLossError(
+                f"training stopped: {what}; the last checkpoint, written before this iteration, is intact "
+                "(lower the learning rate or check the data)"
             )
+
+
+def _reraise(engine: Engine, error: BaseException) -> None:
+    """``EXCEPTION_RAISED`` handler that only lets the error through (see :class:`StopOnNonFiniteLoss`)."""
+    raise error
+
+
+def _all_ranks_true(flag: bool) -> bool:
+    """``flag`` AND-ed over the ranks of the default process group (``flag`` itself without one)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    bad = torch.tensor([0.0 if flag else 1.0], device=device)
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bool(bad.item() == 0.0)
+
+
+def run_training(trainer: Engine) -> None:
+    """Run ``trainer``; a :class:`NonFiniteLossError` ends the process with its message (exit status 1), not a traceback.
+
+    The bundle's ``run`` section calls this instead of ``trainer.run()``: unattended pipelines see
+    the failure in the exit status, people see one line naming the epoch, iteration and loss.
+    """
+    try:
+        trainer.run()
+    except NonFiniteLossError as err:
+        raise SystemExit(f"balr-sam bundle: {err}") from None
 
 
 def _loss_from_output(output: Any) -> Optional[float]:
