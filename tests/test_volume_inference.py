@@ -100,14 +100,17 @@ def _peak_rss(mode: str, source: Path) -> int:
 def test_memory_per_slice_is_bounded_by_the_input(tmp_path: Path) -> None:
     """Peak RSS growth per added voxel: the streamed path holds the input (a few bytes per voxel),
     never the class logits (9 x 4 bytes, twice); MONAI's whole-volume path is measured alongside
-    to show the test can tell them apart. A 512 x 512 x 1000 volume is 262 M voxels."""
+    to show the test can tell them apart. A 512 x 512 x 1000 volume is 262 M voxels: about 3 GiB
+    streamed against 22 GiB."""
     small = _volume(tmp_path / "small.nii.gz", (256, 256, 16), np.diag([0.7, 0.7, 2.0, 1.0]))
-    large = _volume(tmp_path / "large.nii.gz", (256, 256, 112), np.diag([0.7, 0.7, 2.0, 1.0]))
-    added_voxels = 256 * 256 * (112 - 16)
+    large = _volume(tmp_path / "large.nii.gz", (256, 256, 160), np.diag([0.7, 0.7, 2.0, 1.0]))
+    added_voxels = 256 * 256 * (160 - 16)
     per_voxel = {mode: (_peak_rss(mode, large) - _peak_rss(mode, small)) / added_voxels for mode in ("streamed", "monai")}
     print(f"peak RSS growth, bytes per input voxel: {per_voxel}")
-    assert per_voxel["streamed"] < 16.0
-    assert per_voxel["monai"] > 2.5 * per_voxel["streamed"]
+    # streamed: the loaded volume and MONAI's copy-per-transform (about 12 bytes per voxel at the
+    # peak); whole-volume logits: about 86
+    assert per_voxel["streamed"] < 24.0
+    assert per_voxel["monai"] > 3.0 * per_voxel["streamed"]
 
 
 class _CountingPredictor:
