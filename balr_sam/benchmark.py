@@ -748,7 +748,7 @@ def format_table(result: Dict[str, Any]) -> str:
         "| reading | seconds | / sequential |",
         "|---|---:|---:|",
         f"| sequential | {_fmt('seconds', b['sequential'])} | 1.000x |",
-        f"| next case read ahead (default) | {_fmt('seconds', b['read_ahead'])} | {_fr(_ratio(b['read_ahead'], b['sequential']))} |",
+        f"| next case read ahead (`--prefetch on`; `auto` on CUDA) | {_fmt('seconds', b['read_ahead'])} | {_fr(_ratio(b['read_ahead'], b['sequential']))} |",
         "",
         "| target | value | status |",
         "|---|---:|---|",

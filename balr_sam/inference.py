@@ -14,8 +14,9 @@ pipeline needs:
   folder from writing the same case; locks of dead processes are taken over;
 * a bad case is reported with a one-line error and the others go on; the caller gets the list of
   failures (the command exits non-zero if any);
-* the next case is read in a background thread while the current one is segmented (volumes are
-  segmented slab by slab, memory bounded by the input: :mod:`balr_sam.volume_inference`);
+* optionally the next case is read in a background thread while the current one is segmented
+  (``balr-sam infer --prefetch``, on by default on CUDA); volumes are segmented slab by slab, with
+  memory bounded by the input (:mod:`balr_sam.volume_inference`);
 * under ``torchrun`` the case list is split across ranks (every case is written exactly once).
 """
 
@@ -219,7 +220,7 @@ def run_batch_inference(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
-    prefetch: bool = True,
+    prefetch: bool = False,
 ) -> InferenceReport:
     """Segment ``items`` one by one with ``predict`` and write the results safely.
 

@@ -60,4 +60,4 @@ def test_benchmark_smallest_settings(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert result["encoder_flops"]["flops_per_forward"] > 0
     batch = result["batch_inference"]
     assert batch["cases"] == 2 and batch["sequential"] > 0 and batch["read_ahead"] > 0
-    assert "| next case read ahead (default) |" in table
+    assert "| next case read ahead (`--prefetch on`" in table

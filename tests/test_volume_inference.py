@@ -139,7 +139,7 @@ def test_read_ahead_overlaps_the_next_case_and_keeps_per_case_errors(tmp_path: P
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "d.nii.gz").write_bytes(b"done before")  # finished earlier: never read again
     predictor = _CountingPredictor()
-    report = run_batch_inference(items, tmp_path / "out", predictor, {0: "background"}, progress=False, log=lambda _: None)
+    report = run_batch_inference(items, tmp_path / "out", predictor, {0: "background"}, progress=False, log=lambda _: None, prefetch=True)
     assert report.written == ["a", "c"] and report.skipped == ["d"], report
     assert [case for case, _ in report.failed] == ["bad"] and "unreadable" in report.failed[0][1]
     assert "load d" not in predictor.events
@@ -156,7 +156,7 @@ def test_bundle_streaming_matches_the_configs_own_inferer(tiny_dataset: Dict[str
         config.write_text(json.dumps({**settings, "streaming": streaming}))
         out = tmp_path / f"out_{streaming}"
         args = ["infer", str(Path(tiny_dataset["dataset_dir"]) / "img"), str(out), "--checkpoint", str(tiny_trained / "models" / "model.pt"),
-                "--sam-checkpoint", tiny_dataset["sam"], "--config", DEMO, "--config", str(config), "--no-progress"]
+                "--sam-checkpoint", tiny_dataset["sam"], "--config", DEMO, "--config", str(config), "--no-progress", "--prefetch", "on" if streaming else "off"]
         assert main(args) == 0
         outputs[streaming] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*.nii.gz"))}
     assert outputs[True].keys() == outputs[False].keys() and len(outputs[True]) == 5

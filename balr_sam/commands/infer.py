@@ -112,6 +112,12 @@ class BundlePredictor:
         return self.segment(item, self.load(item))
 
 
+def _prefetch(choice: str, device: torch.device) -> bool:
+    # measured with `balr-sam benchmark` (batch inference rows): on a 2-core CPU reading ahead made
+    # batches 1.0-1.45x slower, so "auto" reads ahead only while the network runs on a GPU
+    return choice == "on" or (choice == "auto" and device.type == "cuda")
+
+
 def run(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle) if args.bundle else default_bundle_dir()
     overrides: dict = {}
@@ -123,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     rank, world = rank_and_world_size()
     mine = split_for_rank(items, rank, world)
     predictor = BundlePredictor(bundle, args.checkpoint, args.sam_checkpoint, tuple(Path(c) for c in args.config), overrides)
-    report = run_batch_inference(mine, args.output, predictor, predictor.label_names, model_name=str(predictor.checkpoint), overwrite=args.overwrite, progress=not args.no_progress and rank == 0, prefetch=not args.no_prefetch)
+    report = run_batch_inference(mine, args.output, predictor, predictor.label_names, model_name=str(predictor.checkpoint), overwrite=args.overwrite, progress=not args.no_progress and rank == 0, prefetch=_prefetch(args.prefetch, predictor.device))
     where = f" (rank {rank} of {world})" if world > 1 else ""
     print(f"balr-sam infer{where}: {len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
     for case, reason in report.failed:
@@ -143,5 +149,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (one-off compilation, then faster slices; pays off over many volumes)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--no-prefetch", action="store_true", help="do not read the next case while this one is segmented (halves peak memory)")
+    parser.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
+                        help="read the next case while this one is segmented (auto: on CUDA only; on CPU the reading thread competes with the network for the cores)")
     parser.set_defaults(func=run)
