@@ -241,3 +241,31 @@ def test_a_nan_loss_stops_training_with_one_line_and_keeps_the_last_checkpoint(f
     for name, key in ((f"train_checkpoint_{EPOCH}.pt", "network"), ("model.pt", "model")):
         weights = torch.load(models / name, weights_only=True)[key]
         assert all(bool(torch.isfinite(w).all()) for w in weights.values() if w.is_floating_point()), name
+
+
+class _Exploit:
+    """Unpickling this runs ``os.system("touch <marker>")``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def test_a_code_executing_training_checkpoint_is_refused_with_one_line(fault_data: Dict[str, str], tmp_path: Path) -> None:
+    """A crafted ``train_checkpoint_*.pt`` in the folder a run resumes from: exit 1, one line naming
+    the file, and the code in it never runs."""
+    bundle_root = tmp_path / "run"
+    models = bundle_root / "models"
+    models.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    evil = models / "train_checkpoint_3.pt"
+    torch.save({"model": {}, "note": _Exploit(marker)}, evil)
+    result = _train(fault_data, bundle_root, check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if "balr-sam bundle:" in line]
+    assert len(lines) == 1 and str(evil) in lines[0] and "refused" in lines[0], result.stderr[-2000:]
+    assert not marker.exists()
+    assert evil.is_file()  # refused, not deleted: the user decides what to do with it

@@ -16,7 +16,8 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from balr_sam.atomic import atomic_write
 from balr_sam.engine.determinism import RandomStates, ReplayedEpoch
 from balr_sam.networks.balr_sam import BALRSAM
-from balr_sam.errors import CheckpointError
+from balr_sam.errors import CheckpointError, find_error
+from balr_sam.networks.checkpoint import safe_torch_load
 from balr_sam.networks.trainable import (
     base_fingerprint,
     fingerprints_match,
@@ -214,7 +215,7 @@ class ResumeFromCheckpoint:
         path = latest_checkpoint(self.save_dir, self.prefix) if self.enabled else None
         if path is None:
             return
-        checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
+        checkpoint = safe_torch_load(path, map_location=self.map_location)
         to_load = {**self.load_dict, "trainer": engine}
         scaler = _grad_scaler(engine)
         if scaler is not None and checkpoint.get("grad_scaler"):
@@ -466,15 +467,21 @@ def _all_ranks_true(flag: bool) -> bool:
 
 
 def run_training(trainer: Engine) -> None:
-    """Run ``trainer``; a :class:`NonFiniteLossError` ends the process with its message (exit status 1), not a traceback.
+    """Run ``trainer``; a :class:`NonFiniteLossError` or an expected :class:`~balr_sam.errors.BalrSamError`
+    (unreadable checkpoint, bad input file) ends the process with its message (exit status 1), not a traceback.
 
     The bundle's ``run`` section calls this instead of ``trainer.run()``: unattended pipelines see
     the failure in the exit status, people see one line naming the epoch, iteration and loss.
     """
     try:
         trainer.run()
-    except NonFiniteLossError as err:
-        raise SystemExit(f"balr-sam bundle: {err}") from None
+    except Exception as err:
+        # a diverged loss, or an expected error (bad checkpoint, bad input file) that Ignite or
+        # MONAI may have wrapped: one line; anything else is a bug and keeps its traceback
+        expected = err if isinstance(err, NonFiniteLossError) else find_error(err)
+        if expected is None:
+            raise
+        raise SystemExit(f"balr-sam bundle: {expected}") from None
 
 
 def _loss_from_output(output: Any) -> Optional[float]:

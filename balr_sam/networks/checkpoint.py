@@ -33,8 +33,8 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def safe_torch_load(path: PathLike) -> object:
-    """``torch.load`` with ``weights_only=True`` on CPU; every failure becomes a :class:`CheckpointError`.
+def safe_torch_load(path: PathLike, map_location: object = "cpu") -> object:
+    """``torch.load`` with ``weights_only=True`` (on CPU by default); every failure becomes a :class:`CheckpointError`.
 
     Raises:
         CheckpointError: the file is missing, truncated/corrupt, or holds objects that only an
@@ -44,7 +44,7 @@ def safe_torch_load(path: PathLike) -> object:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights_only" in str(err) or "Unsupported global" in str(err):
