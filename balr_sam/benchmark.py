@@ -7,8 +7,8 @@ Configurations (same variant, input size, batch, loss ``DiceCELoss`` and optimiz
 * ``samed``: SAMed-style LoRA: rank-4 adapters on the q and v parts of every encoder block's
   fused ``attn.qkv`` (:class:`QVLoRA`), encoder frozen otherwise, prompt encoder and decoder
   trainable, full-rank decoder attention, no CDEN;
-* ``balr_sam``: BALR-SAM as built by :func:`build_balr_sam` (adapters unmerged for training,
-  merged for inference);
+* ``balr_sam``: BALR-SAM as built by :func:`build_balr_sam` (adapters unmerged for training;
+  for inference :meth:`BALRSAM.fuse_for_inference`: adapters merged, CDEN's BatchNorms folded);
 * ``sam`` (inference only): the stock ``segment_anything`` :class:`Sam` at the same size, run
   through its own ``forward`` (no prompts, multimask output).
 
@@ -43,7 +43,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from balr_sam.networks.adapters import merge_adapters
 from balr_sam.networks.balr_sam import BALRSAM, build_balr_sam
 from balr_sam.networks.fast_attention import use_sam_attention, use_sdpa_attention
 from balr_sam.networks.report import decoder_memory_comparison, measure_attention_memory
@@ -287,11 +286,11 @@ def measure_inference(args: Dict[str, Any], log: Callable[[str], None]) -> Dict[
     models["balr_sam_unmerged"] = (unmerged, plain)
     merged = build_config("balr_sam", args["variant"], size, args["num_classes"], device).eval()
     merged.load_state_dict(unmerged.state_dict())
-    merge_adapters(merged)
+    merged.fuse_for_inference()
     models["balr_sam_merged"] = (merged, plain)
     sdpa = build_config("balr_sam", args["variant"], size, args["num_classes"], device).eval()
     sdpa.load_state_dict(unmerged.state_dict())
-    merge_adapters(sdpa)
+    sdpa.fuse_for_inference()
     use_sdpa_attention(sdpa.image_encoder)
     models["balr_sam_merged_sdpa"] = (sdpa, plain)
     if args["compile"]:
@@ -320,7 +319,7 @@ def measure_encoder_flops(args: Dict[str, Any]) -> Dict[str, Any]:
 
     device = args["device"]
     model = build_config("balr_sam", args["variant"], args["img_size"], args["num_classes"], device, args["fast_attention"] != "off").eval()
-    merge_adapters(model)
+    model.fuse_for_inference()
     x = torch.rand(args["infer_batch"], 3, args["img_size"], args["img_size"]).to(device)
     with torch.inference_mode():
         counter = FlopCounterMode(display=False)
@@ -388,7 +387,7 @@ def measure_volume(args: Dict[str, Any], log: Callable[[str], None]) -> Dict[str
     for name in TRAIN_CONFIGS:
         model = build_config(name, args["variant"], args["img_size"], args["num_classes"], device, name == "balr_sam" and args["fast_attention"] != "off").eval()
         if name == "balr_sam":
-            merge_adapters(model)
+            model.fuse_for_inference()
         models[name] = model
     times: Dict[str, List[float]] = {k: [] for k in models}
     with tempfile.TemporaryDirectory() as tmp:
@@ -430,7 +429,7 @@ def measure_batch_inference(args: Dict[str, Any], log: Callable[[str], None]) ->
 
     device = args["device"]
     model = build_config("balr_sam", args["variant"], args["img_size"], args["num_classes"], device, args["fast_attention"] != "off").eval()
-    merge_adapters(model)
+    model.fuse_for_inference()
     segmenter = StreamingVolumeSegmenter(model, ct_inference_preprocessing(img_size=args["img_size"]), args["infer_batch"], torch.device(device), args["amp"])
     predictor = _StagedCases(segmenter)
     times: Dict[str, List[float]] = {"sequential": [], "read_ahead": []}
@@ -549,6 +548,13 @@ def run_benchmark(
         raise ValueError(f"fast_attention must be off, infer or all, got {fast_attention!r}")
     if threads:
         torch.set_num_threads(threads)
+    if compile:
+        import torch._dynamo
+
+        # six models share SAM's forward code; TorchDynamo's default of 8 cached graphs per code
+        # object runs out and the later models silently fall back to eager
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 1024)
     args: Dict[str, Any] = {
         "device": device,
         "variant": variant,

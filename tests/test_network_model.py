@@ -93,6 +93,28 @@ def test_merged_adapters_give_the_same_output() -> None:
     torch.testing.assert_close(after, before, atol=1e-4, rtol=0)
 
 
+def test_inference_form_folds_cden_batch_norms_and_keeps_the_output() -> None:
+    """``fuse_for_inference``: adapters merged and CDEN's 23 Conv+BN pairs folded, same logits."""
+    model = build_balr_sam("vit_t", num_classes=3, img_size=64)
+    _perturb_trainable(model)
+    model.train()
+    with torch.no_grad():  # BN running statistics away from their initial 0/1
+        for _ in range(3):
+            model.cden(torch.randn(2, 3, 64, 64) * 2 + 0.5)
+    model.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        model.fuse_for_inference()
+        after = model(x)
+    assert model.adapters_merged
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.cden.modules())
+    assert (before.abs().max() > 0) and not torch.equal(before, torch.zeros_like(before))
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=0)
+    with pytest.raises(RuntimeError, match="eval"):
+        build_balr_sam("vit_t", num_classes=3, img_size=64).cden.fuse_batch_norms()
+
+
 def test_trainable_checkpoint_round_trip_is_exact(sam_checkpoint: Path, tmp_path: Path) -> None:
     model = build_balr_sam("vit_t", num_classes=4, img_size=64, sam_checkpoint=sam_checkpoint)
     _perturb_trainable(model)

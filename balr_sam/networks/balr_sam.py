@@ -164,6 +164,18 @@ class BALRSAM(nn.Module):
         """Undo :meth:`merge_adapters` (training); returns the count."""
         return unmerge_adapters(self)
 
+    def fuse_for_inference(self) -> None:
+        """Inference form, one way: eval mode, adapters merged, CDEN's BatchNorms folded into its convolutions.
+
+        Same function up to float rounding; the state dict no longer fits a training checkpoint,
+        so call it after the trained weights are loaded.
+        """
+        self.eval()
+        if not self.adapters_merged:
+            self.merge_adapters()
+        if self.cden is not None:
+            self.cden.fuse_batch_norms()
+
     @property
     def adapters_merged(self) -> bool:
         return any(m.merged for m in adapter_modules(self))
