@@ -2,7 +2,7 @@
 
 MONAI's ``SliceInferer`` followed by ``Invertd`` holds the whole volume's class logits twice
 (``K x S x S x D`` float32 at the model's size, then again at the input's size): about 80 bytes
-per voxel for 9 classes, 20 GiB for a 512 x 512 x 1000 CT. :class:`StreamingVolumeSegmenter`
+per voxel for 9 classes, 22 GiB for a 512 x 512 x 1000 CT. :class:`StreamingVolumeSegmenter`
 runs the same network, preprocessing and inverse transforms, but per slab of ``batch_size``
 slices it
 
