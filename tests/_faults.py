@@ -1,5 +1,6 @@
-"""Fault injection for ``test_training_faults.py``: a loss that turns NaN on a chosen call, and the
-child processes that get killed while they write checkpoints. Imported by those child processes
+"""Fault injection for ``test_training_faults.py`` and ``test_security.py``: a loss that turns NaN
+on a chosen call, the child processes that get killed while they write checkpoints, and a
+code-executing pickle payload. Imported by those child processes
 (``PYTHONPATH=tests``) and by bundle config overrides (``"_target_": "_faults.NaNLossAt"``)."""
 
 from __future__ import annotations
@@ -76,3 +77,13 @@ def save_forever(folder: str) -> None:
     engine = _engine_filling_weights(model)
     AtomicCheckpointSaver(folder, {"model": model}, epoch_interval=0, iteration_interval=1).attach(engine)
     engine.run(range(10**6), max_epochs=1)
+
+
+class CodeExecutingPickle:
+    """A crafted payload: unpickling it (without ``weights_only``) runs ``touch <marker>``."""
+
+    def __init__(self, marker: Any) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch '{self.marker}'",))

@@ -4,27 +4,17 @@ refused with a one-line error, and the code in them does not run."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict
 
 import pytest
 import torch
 
+from _faults import CodeExecutingPickle
 from _tiny_bundle import DEMO
 from balr_sam.cli import main
 from balr_sam.errors import CheckpointError
 from balr_sam.networks.trainable import load_balr_sam
-
-
-class _Exploit:
-    """Unpickling this runs ``os.system("touch <marker>")``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
 
 
 def _evil(path: Path, payload: Dict) -> Path:
@@ -41,7 +31,7 @@ def _infer_args(tiny_dataset: Dict[str, str], tmp_path: Path) -> list:
 def test_malicious_trained_model_is_refused(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     marker = tmp_path / "pwned"
     good = torch.load(tiny_trained / "models" / "model.pt", weights_only=True)
-    evil = _evil(tmp_path / "model.pt", {**good, "extra": {"note": _Exploit(marker)}})
+    evil = _evil(tmp_path / "model.pt", {**good, "extra": {"note": CodeExecutingPickle(marker)}})
     with pytest.raises(CheckpointError, match=r"model\.pt: cannot read checkpoint: refused"):
         load_balr_sam(evil, tiny_dataset["sam"])
     image = sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))[0]
@@ -56,7 +46,7 @@ def test_malicious_trained_model_is_refused(tiny_dataset: Dict[str, str], tiny_t
 def test_malicious_sam_checkpoint_is_refused(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     marker = tmp_path / "pwned"
     sam = torch.load(tiny_dataset["sam"], weights_only=True)
-    evil = _evil(tmp_path / "sam_vit_t.pth", {**sam, "image_encoder.neck.0.weight": _Exploit(marker)})
+    evil = _evil(tmp_path / "sam_vit_t.pth", {**sam, "image_encoder.neck.0.weight": CodeExecutingPickle(marker)})
     image = sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))[0]
     code = main(["infer", str(image), str(tmp_path / "out"), "--checkpoint", str(tiny_trained / "models" / "model.pt"), "--sam-checkpoint", str(evil), *_infer_args(tiny_dataset, tmp_path)])
     err = capsys.readouterr().err

@@ -21,7 +21,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from _faults import PARTIAL
+from _faults import PARTIAL, CodeExecutingPickle
 from _tiny_bundle import DEMO, META, TINY, TRAIN
 from balr_sam.data.datalists import prepare_synapse
 from balr_sam.data.synthetic import generate_ct_dataset
@@ -243,16 +243,6 @@ def test_a_nan_loss_stops_training_with_one_line_and_keeps_the_last_checkpoint(f
         assert all(bool(torch.isfinite(w).all()) for w in weights.values() if w.is_floating_point()), name
 
 
-class _Exploit:
-    """Unpickling this runs ``os.system("touch <marker>")``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
-
-
 def test_a_code_executing_training_checkpoint_is_refused_with_one_line(fault_data: Dict[str, str], tmp_path: Path) -> None:
     """A crafted ``train_checkpoint_*.pt`` in the folder a run resumes from: exit 1, one line naming
     the file, and the code in it never runs."""
@@ -261,7 +251,7 @@ def test_a_code_executing_training_checkpoint_is_refused_with_one_line(fault_dat
     models.mkdir(parents=True)
     marker = tmp_path / "pwned"
     evil = models / "train_checkpoint_3.pt"
-    torch.save({"model": {}, "note": _Exploit(marker)}, evil)
+    torch.save({"model": {}, "note": CodeExecutingPickle(marker)}, evil)
     result = _train(fault_data, bundle_root, check=False)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr + result.stdout
