@@ -51,7 +51,7 @@ from monai.utils import convert_to_dst_type
 
 from balr_sam.data.labelmaps import label_source_max
 from balr_sam.data.io import VolumeReader, align_to_reference, read_array, read_image_2d, read_mask_2d
-from balr_sam.errors import DataError
+from balr_sam.errors import DataError, find_error
 from balr_sam.labels import get_label_set
 
 __all__ = [
@@ -85,13 +85,7 @@ HU_WINDOW: Tuple[float, float] = (-125.0, 275.0)
 def find_data_error(exc: BaseException) -> Optional[DataError]:
     """Return the :class:`DataError` in ``exc``'s cause/context chain (MONAI's ``Compose`` wraps
     transform errors in ``RuntimeError``), or ``None``."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, DataError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return find_error(exc, DataError)
 
 
 def _meta_path(img, fallback: str = "<array>") -> str:
