@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -122,8 +122,7 @@ class StreamingVolumeSegmenter:
                 logits = self.network(slab)[:count]  # B x K x S x S
             # K x S x S x B, the layout the volume's Resized recorded; MONAI undoes it bilinearly
             logits = logits.float().permute(1, 2, 3, 0)
-            op = deepcopy(resize_op)
-            op[TraceKeys.ORIG_SIZE] = (height, width, logits.shape[-1])
+            op = {**resize_op, TraceKeys.ORIG_SIZE: (height, width, logits.shape[-1])}  # read, not changed
             logits = self._resize.inverse_transform(logits, op)
             labels[..., start : start + logits.shape[-1]] = torch.as_tensor(logits).argmax(0).to("cpu", torch.uint8)
         pred = MetaTensor(labels[None], meta=deepcopy(volume.meta))

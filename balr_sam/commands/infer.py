@@ -64,7 +64,7 @@ class BundlePredictor:
         self.device = parser.get_parsed_content("device")
         self.amp = bool(parser.get_parsed_content("amp"))
         self.network = parser.get_parsed_content("network")
-        load_trained_weights(self.network, self.checkpoint, merge=True, check_base=check_base).fuse_for_inference()
+        load_trained_weights(self.network, self.checkpoint, merge=False, check_base=check_base).fuse_for_inference()
         self.network.eval()
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
