@@ -617,6 +617,23 @@ def _read_list(path: Path) -> List[str]:
     return names
 
 
+def _select_listed(found: Dict[str, Path], lists: Optional[Path], list_name: str, what: str, suffix: str) -> List[str]:
+    """The names to use from ``found`` (name -> file): those in ``lists/list_name`` when that list
+    exists (TransUNet's split), else all of them, sorted.
+
+    Raises:
+        DataError: the list names files that are not there.
+    """
+    if lists is None or not (lists / list_name).is_file():
+        return sorted(found)
+    listed = _read_list(lists / list_name)
+    absent = [n for n in listed if n not in found]
+    if absent:
+        folder = next(iter(found.values())).parent
+        raise DataError(f"{lists / list_name}: lists {len(absent)} {what} missing from {folder}, e.g. {absent[0]}{suffix}")
+    return listed
+
+
 def _check_npz_slice(f: Path) -> None:
     """A TransUNet training slice: 2D ``image`` and ``label`` arrays of the same shape (headers only)."""
     header = npz_header(f)
@@ -666,15 +683,9 @@ def _prepare_synapse_npz(root, output, val_fraction, seed, list_dir, overwrite, 
         files = {f.name[:-4]: f for f in _iterdir(train_dir) if _NPZ.match(f.name)}
         if not files:
             raise DataError(f"{train_dir}: empty folder, no caseXXXX_sliceYYY.npz slices found")
-        names = sorted(files)
-        if lists is not None and (lists / "train.txt").is_file():
-            listed = _read_list(lists / "train.txt")
-            absent = [n for n in listed if n not in files]
-            if absent:
-                raise DataError(f"{lists / 'train.txt'}: lists {len(absent)} slices missing from {train_dir}, e.g. {absent[0]}.npz")
-            if len(listed) < len(names):
-                notes.append(f"{len(names) - len(listed)} slices in train_npz not in train.txt: left out")
-            names = listed
+        names = _select_listed(files, lists, "train.txt", "slices", ".npz")
+        if len(names) < len(files):
+            notes.append(f"{len(files) - len(names)} slices in train_npz not in train.txt: left out")
         for n in names:
             f = files[n]
             m = _NPZ.match(f.name)
@@ -689,13 +700,7 @@ def _prepare_synapse_npz(root, output, val_fraction, seed, list_dir, overwrite, 
         vols = {f.name[: -len(".npy.h5")]: f for f in _iterdir(test_dir) if _H5.match(f.name)}
         if not vols:
             raise DataError(f"{test_dir}: empty folder, no caseXXXX.npy.h5 volumes found")
-        names = sorted(vols)
-        if lists is not None and (lists / "test_vol.txt").is_file():
-            listed = _read_list(lists / "test_vol.txt")
-            absent = [n for n in listed if n not in vols]
-            if absent:
-                raise DataError(f"{lists / 'test_vol.txt'}: lists {len(absent)} volumes missing from {test_dir}, e.g. {absent[0]}.npy.h5")
-            names = listed
+        names = _select_listed(vols, lists, "test_vol.txt", "volumes", ".npy.h5")
         for n in names:
             f = vols[n]
             case_id = f"{int(_H5.match(f.name).group(1)):04d}"
