@@ -1,11 +1,13 @@
 """Settings shared by the bundle, inference and distributed tests: the config files, the tiny
 model settings (``vit_t`` at img_size 64, CPU, seconds) and :func:`train_tiny`; the session
-fixtures ``tiny_dataset`` and ``tiny_trained`` built from them live in ``conftest.py``."""
+fixtures ``tiny_dataset`` and ``tiny_trained`` built from them live in ``conftest.py``; and
+:func:`tiny_infer_args`, the ``balr-sam infer`` options for that trained bundle."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Optional
 
 from monai.bundle import run
 
@@ -23,3 +25,13 @@ def train_tiny(tiny: Dict[str, str], bundle_root: Path, **overrides: object) -> 
     settings = {**TINY, "dataset_dir": tiny["dataset_dir"], "sam_checkpoint": tiny["sam"], "bundle_root": str(bundle_root), "max_epochs": 2, "val_interval": 1}
     settings.update(overrides)
     run("training", config_file=[TRAIN, DEMO], meta_file=META, **settings)
+
+
+def tiny_infer_args(tiny: Dict[str, str], trained: Path, folder: Path, name: str = "tiny_infer.json", checkpoint: Optional[Path] = None,
+                    sam: Optional[str] = None, **settings: object) -> List[str]:
+    """``balr-sam infer`` options for the tiny trained bundle: its ``model.pt`` (or ``checkpoint``), its SAM
+    base (or ``sam``), ``demo.json`` and an override file ``folder/name`` with the tiny settings updated by ``settings``."""
+    config = Path(folder) / name
+    config.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "sw_batch_size": 32, "num_workers": 0, **settings}))
+    return ["--checkpoint", str(checkpoint or Path(trained) / "models" / "model.pt"), "--sam-checkpoint", sam or tiny["sam"],
+            "--config", DEMO, "--config", str(config), "--no-progress"]

@@ -44,7 +44,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _tiny_bundle import DEMO
+from _tiny_bundle import tiny_infer_args
 from balr_sam.cli import main
 from balr_sam.data.io import read_image_2d, read_mask_2d, read_volume, read_volume_header
 from balr_sam.data.testing import affine_for, write_dicom_series, write_nifti, write_png
@@ -617,10 +617,7 @@ def test_evaluate_empty_folders_are_one_line(tmp_path: Path, capsys: pytest.Capt
 
 @pytest.fixture(scope="module")
 def infer_args(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> List[str]:
-    tiny = tmp_path_factory.mktemp("cfg") / "tiny.json"
-    tiny.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "sw_batch_size": 32, "num_workers": 0}))
-    return ["--checkpoint", str(tiny_trained / "models" / "model.pt"), "--sam-checkpoint", tiny_dataset["sam"],
-            "--config", DEMO, "--config", str(tiny), "--no-progress", "--device", "cpu"]
+    return tiny_infer_args(tiny_dataset, tiny_trained, tmp_path_factory.mktemp("cfg")) + ["--device", "cpu"]
 
 
 def test_infer_keeps_going_past_bad_cases(tmp_path: Path, capsys: pytest.CaptureFixture, infer_args: List[str]) -> None:

@@ -17,7 +17,7 @@ from typing import Dict
 import pytest
 import torch
 
-from _tiny_bundle import DEMO, META, TINY, TRAIN
+from _tiny_bundle import DEMO, META, TINY, TRAIN, tiny_infer_args
 from balr_sam.data.datalists import prepare_synapse
 from balr_sam.data.synthetic import generate_ct_dataset
 
@@ -89,11 +89,8 @@ def test_two_process_inference_writes_every_case_once(tiny_dataset: Dict[str, st
     sources = sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))
     for i in range(5):
         shutil.copy(sources[i % len(sources)], inputs / f"case{i}.nii.gz")
-    tiny = tmp_path / "tiny.json"
-    tiny.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "sw_batch_size": 32, "num_workers": 0}))
     out = tmp_path / "out"
-    result = _torchrun(["-m", "balr_sam", "infer", str(inputs), str(out), "--checkpoint", str(tiny_trained / "models" / "model.pt"),
-                        "--sam-checkpoint", tiny_dataset["sam"], "--config", DEMO, "--config", str(tiny), "--no-progress"], cwd=tmp_path)
+    result = _torchrun(["-m", "balr_sam", "infer", str(inputs), str(out), *tiny_infer_args(tiny_dataset, tiny_trained, tmp_path)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = re.findall(r"rank (\d) of 2\): (\d+) written, (\d+) skipped, (\d+) failed", result.stdout)
     assert sorted(int(r) for r, *_ in counts) == [0, 1]

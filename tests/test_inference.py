@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from _tiny_bundle import DEMO
+from _tiny_bundle import tiny_infer_args
 from balr_sam.cli import main
 from balr_sam.errors import DataError
 from balr_sam.inference import CaseLock, find_inputs, split_for_rank
@@ -26,9 +26,7 @@ from balr_sam.inference import CaseLock, find_inputs, split_for_rank
 
 @pytest.fixture(scope="module")
 def infer_args(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> List[str]:
-    tiny = tmp_path_factory.mktemp("cfg") / "tiny.json"
-    tiny.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "sw_batch_size": 32, "num_workers": 0}))
-    return ["--checkpoint", str(tiny_trained / "models" / "model.pt"), "--sam-checkpoint", tiny_dataset["sam"], "--config", DEMO, "--config", str(tiny), "--no-progress"]
+    return tiny_infer_args(tiny_dataset, tiny_trained, tmp_path_factory.mktemp("cfg"))
 
 
 def test_find_inputs_lists_volumes_images_and_dicom_series(tmp_path: Path, shared_data: Path) -> None:

@@ -3,7 +3,6 @@ refused with a one-line error, and the code in them does not run."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from _faults import CodeExecutingPickle
-from _tiny_bundle import DEMO
+from _tiny_bundle import tiny_infer_args
 from balr_sam.cli import main
 from balr_sam.errors import CheckpointError
 from balr_sam.networks.trainable import load_balr_sam
@@ -22,12 +21,6 @@ def _evil(path: Path, payload: Dict) -> Path:
     return path
 
 
-def _infer_args(tiny_dataset: Dict[str, str], tmp_path: Path) -> list:
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "num_workers": 0}))
-    return ["--config", DEMO, "--config", str(config), "--no-progress"]
-
-
 def test_malicious_trained_model_is_refused(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     marker = tmp_path / "pwned"
     good = torch.load(tiny_trained / "models" / "model.pt", weights_only=True)
@@ -35,7 +28,7 @@ def test_malicious_trained_model_is_refused(tiny_dataset: Dict[str, str], tiny_t
     with pytest.raises(CheckpointError, match=r"model\.pt: cannot read checkpoint: refused"):
         load_balr_sam(evil, tiny_dataset["sam"])
     image = sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))[0]
-    code = main(["infer", str(image), str(tmp_path / "out"), "--checkpoint", str(evil), "--sam-checkpoint", tiny_dataset["sam"], *_infer_args(tiny_dataset, tmp_path)])
+    code = main(["infer", str(image), str(tmp_path / "out"), *tiny_infer_args(tiny_dataset, tiny_trained, tmp_path, checkpoint=evil)])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert [line for line in err.splitlines() if "error" in line] == [line for line in err.splitlines() if str(evil) in line and "refused" in line]
@@ -48,7 +41,7 @@ def test_malicious_sam_checkpoint_is_refused(tiny_dataset: Dict[str, str], tiny_
     sam = torch.load(tiny_dataset["sam"], weights_only=True)
     evil = _evil(tmp_path / "sam_vit_t.pth", {**sam, "image_encoder.neck.0.weight": CodeExecutingPickle(marker)})
     image = sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))[0]
-    code = main(["infer", str(image), str(tmp_path / "out"), "--checkpoint", str(tiny_trained / "models" / "model.pt"), "--sam-checkpoint", str(evil), *_infer_args(tiny_dataset, tmp_path)])
+    code = main(["infer", str(image), str(tmp_path / "out"), *tiny_infer_args(tiny_dataset, tiny_trained, tmp_path, sam=str(evil))])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and "sam_vit_t.pth" in err and "refused" in err
     assert not marker.exists()

@@ -4,7 +4,6 @@ input itself, read-ahead in batch runs, and two processes sharing one output fol
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ import torch
 from monai.inferers import SliceInferer
 from monai.transforms import AsDiscreted, Compose, Invertd
 
-from _tiny_bundle import DEMO
+from _tiny_bundle import tiny_infer_args
 from balr_sam.cli import main
 from balr_sam.data.transforms import ct_inference_preprocessing
 from balr_sam.inference import InferenceItem, run_batch_inference
@@ -156,14 +155,11 @@ def test_read_ahead_overlaps_the_next_case_and_keeps_per_case_errors(tmp_path: P
 def test_bundle_streaming_matches_the_configs_own_inferer(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path: Path) -> None:
     """``balr-sam infer`` with the trained tiny BALR-SAM: streamed (default) and ``"streaming": false``
     (SliceInferer + Invertd from inference.json) write the same label maps."""
-    settings = {"variant": "vit_t", "img_size": 64, "sw_batch_size": 3, "num_workers": 0}
     outputs = {}
     for streaming in (True, False):
-        config = tmp_path / f"streaming_{streaming}.json"
-        config.write_text(json.dumps({**settings, "streaming": streaming}))
         out = tmp_path / f"out_{streaming}"
-        args = ["infer", str(Path(tiny_dataset["dataset_dir"]) / "img"), str(out), "--checkpoint", str(tiny_trained / "models" / "model.pt"),
-                "--sam-checkpoint", tiny_dataset["sam"], "--config", DEMO, "--config", str(config), "--no-progress", "--prefetch", "on" if streaming else "off"]
+        options = tiny_infer_args(tiny_dataset, tiny_trained, tmp_path, f"streaming_{streaming}.json", sw_batch_size=3, streaming=streaming)
+        args = ["infer", str(Path(tiny_dataset["dataset_dir"]) / "img"), str(out), *options, "--prefetch", "on" if streaming else "off"]
         assert main(args) == 0
         outputs[streaming] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*.nii.gz"))}
     assert outputs[True].keys() == outputs[False].keys() and len(outputs[True]) == 5
@@ -178,11 +174,8 @@ def test_two_processes_on_one_output_folder_write_each_case_once(tiny_dataset: D
     sources = sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))
     for i in range(24):
         shutil.copy(sources[i % len(sources)], inputs / f"case{i:02d}.nii.gz")
-    tiny = tmp_path / "tiny.json"
-    tiny.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "sw_batch_size": 8, "num_workers": 0}))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "balr_sam", "infer", str(inputs), str(out), "--checkpoint", str(tiny_trained / "models" / "model.pt"),
-               "--sam-checkpoint", tiny_dataset["sam"], "--config", DEMO, "--config", str(tiny), "--no-progress"]
+    command = [sys.executable, "-m", "balr_sam", "infer", str(inputs), str(out), *tiny_infer_args(tiny_dataset, tiny_trained, tmp_path, sw_batch_size=8)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
@@ -228,13 +221,11 @@ def test_compiled_bundle_writes_the_same_labels(tiny_dataset: Dict[str, str], ti
     inputs.mkdir()
     for source in sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))[:2]:
         shutil.copy(source, inputs / source.name)
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "sw_batch_size": 8, "num_workers": 0}))
+    options = tiny_infer_args(tiny_dataset, tiny_trained, tmp_path, sw_batch_size=8)
     outputs = {}
     for flags in ([], ["--compile"]):
         out = tmp_path / ("compiled" if flags else "eager")
-        args = ["infer", str(inputs), str(out), "--checkpoint", str(tiny_trained / "models" / "model.pt"), "--sam-checkpoint", tiny_dataset["sam"],
-                "--config", DEMO, "--config", str(config), "--no-progress", *flags]
+        args = ["infer", str(inputs), str(out), *options, *flags]
         assert main(args) == 0
         outputs[bool(flags)] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*.nii.gz"))}
     assert outputs[True].keys() == outputs[False].keys() and len(outputs[True]) == 2
