@@ -6,6 +6,7 @@ fixtures ``tiny_dataset`` and ``tiny_trained`` built from them live in ``conftes
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -35,3 +36,12 @@ def tiny_infer_args(tiny: Dict[str, str], trained: Path, folder: Path, name: str
     config.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "sw_batch_size": 32, "num_workers": 0, **settings}))
     return ["--checkpoint", str(checkpoint or Path(trained) / "models" / "model.pt"), "--sam-checkpoint", sam or tiny["sam"],
             "--config", DEMO, "--config", str(config), "--no-progress"]
+
+
+def copy_tiny_cases(tiny: Dict[str, str], folder: Path, count: int) -> Path:
+    """``folder`` (created) holding ``count`` copies of the tiny dataset's volumes, ``case00.nii.gz``, ``case01.nii.gz``, ..."""
+    folder.mkdir(parents=True)
+    sources = sorted((Path(tiny["dataset_dir"]) / "img").glob("*.nii.gz"))
+    for i in range(count):
+        shutil.copy(sources[i % len(sources)], folder / f"case{i:02d}.nii.gz")
+    return folder

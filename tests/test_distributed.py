@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Dict
 import pytest
 import torch
 
-from _tiny_bundle import DEMO, META, TINY, TRAIN, tiny_infer_args
+from _tiny_bundle import DEMO, META, TINY, TRAIN, copy_tiny_cases, tiny_infer_args
 from balr_sam.data.datalists import prepare_synapse
 from balr_sam.data.synthetic import generate_ct_dataset
 
@@ -84,15 +83,11 @@ def test_two_process_training_keeps_ranks_identical_and_writes_one_checkpoint(dd
 
 
 def test_two_process_inference_writes_every_case_once(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path: Path) -> None:
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    sources = sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))
-    for i in range(5):
-        shutil.copy(sources[i % len(sources)], inputs / f"case{i}.nii.gz")
+    inputs = copy_tiny_cases(tiny_dataset, tmp_path / "in", 5)
     out = tmp_path / "out"
     result = _torchrun(["-m", "balr_sam", "infer", str(inputs), str(out), *tiny_infer_args(tiny_dataset, tiny_trained, tmp_path)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = re.findall(r"rank (\d) of 2\): (\d+) written, (\d+) skipped, (\d+) failed", result.stdout)
     assert sorted(int(r) for r, *_ in counts) == [0, 1]
     assert sum(int(w) for _, w, _, _ in counts) == 5 and all(int(s) == 0 and int(f) == 0 for _, _, s, f in counts)
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"case{i}.nii.gz" for i in range(5)]
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"case{i:02d}.nii.gz" for i in range(5)]

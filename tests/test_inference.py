@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from _tiny_bundle import tiny_infer_args
+from _tiny_bundle import copy_tiny_cases, tiny_infer_args
 from balr_sam.cli import main
 from balr_sam.errors import DataError
 from balr_sam.inference import CaseLock, find_inputs, split_for_rank
@@ -115,12 +115,7 @@ def test_bad_case_is_reported_and_others_still_run(tiny_dataset: Dict[str, str],
 
 
 def test_killed_run_leaves_no_partial_output_and_resumes(tiny_dataset: Dict[str, str], infer_args: List[str], tmp_path: Path) -> None:
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    sources = sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))
-    for i in range(12):
-        src = sources[i % len(sources)]
-        shutil.copy(src, inputs / f"case{i:02d}.nii.gz")
+    inputs = copy_tiny_cases(tiny_dataset, tmp_path / "in", 12)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "balr_sam", "infer", str(inputs), str(out), *infer_args]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

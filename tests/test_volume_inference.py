@@ -20,7 +20,7 @@ import torch
 from monai.inferers import SliceInferer
 from monai.transforms import AsDiscreted, Compose, Invertd
 
-from _tiny_bundle import tiny_infer_args
+from _tiny_bundle import copy_tiny_cases, tiny_infer_args
 from balr_sam.cli import main
 from balr_sam.data.transforms import ct_inference_preprocessing
 from balr_sam.inference import InferenceItem, run_batch_inference
@@ -169,11 +169,7 @@ def test_bundle_streaming_matches_the_configs_own_inferer(tiny_dataset: Dict[str
 
 
 def test_two_processes_on_one_output_folder_write_each_case_once(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path: Path) -> None:
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    sources = sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))
-    for i in range(24):
-        shutil.copy(sources[i % len(sources)], inputs / f"case{i:02d}.nii.gz")
+    inputs = copy_tiny_cases(tiny_dataset, tmp_path / "in", 24)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "balr_sam", "infer", str(inputs), str(out), *tiny_infer_args(tiny_dataset, tiny_trained, tmp_path, sw_batch_size=8)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
