@@ -8,11 +8,15 @@ under the final name.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, List, Union
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "partial_files"]
+
+# ".{final name}.{mkstemp's random part}.part{suffix}", as atomic_write names its temporary files
+_PARTIAL = re.compile(r"^\.(?P<final>.+)\.[A-Za-z0-9_]+\.part")
 
 
 def atomic_write(path: Union[str, "os.PathLike[str]"], write: Callable[[str], None], suffix: str = "") -> Path:
@@ -42,3 +46,12 @@ def atomic_write(path: Union[str, "os.PathLike[str]"], write: Callable[[str], No
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def partial_files(folder: Union[str, "os.PathLike[str]"], final: Callable[[str], bool]) -> List[Path]:
+    """The temporary files of :func:`atomic_write` calls that were killed mid-write in ``folder``,
+    for the final file names ``final`` accepts (``[]`` when the folder does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if (m := _PARTIAL.match(p.name)) and final(m.group("final"))]

@@ -13,7 +13,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 
-from balr_sam.atomic import atomic_write
+from balr_sam.atomic import atomic_write, partial_files
 from balr_sam.engine.determinism import RandomStates, ReplayedEpoch
 from balr_sam.networks.balr_sam import BALRSAM
 from balr_sam.errors import CheckpointError, find_error
@@ -386,11 +386,8 @@ def latest_checkpoint(save_dir: Union[str, Path], prefix: str = "train") -> Opti
 
 def remove_partial_checkpoints(save_dir: Union[str, Path], prefix: str = "train") -> List[Path]:
     """Delete the temporary files that saves killed mid-write left in ``save_dir``; returns them."""
-    folder = Path(save_dir)
-    if not folder.is_dir():
-        return []
-    pattern = re.compile(rf"^\.{re.escape(prefix)}_checkpoint_\d+\.pt\..+\.part$")
-    removed = [p for p in folder.iterdir() if pattern.match(p.name)]
+    pattern = _checkpoint_name(prefix)
+    removed = partial_files(save_dir, lambda name: pattern.match(name) is not None)
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
@@ -400,8 +397,13 @@ def _checkpoints(folder: Path, prefix: str) -> List[Tuple[int, Path]]:
     """``(iteration, path)`` of the saver's checkpoints in ``folder``, oldest first."""
     if not folder.is_dir():
         return []
-    pattern = re.compile(rf"^{re.escape(prefix)}_checkpoint_(\d+)\.pt$")
+    pattern = _checkpoint_name(prefix)
     return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)))
+
+
+def _checkpoint_name(prefix: str) -> "re.Pattern[str]":
+    """The saver's file names, ``{prefix}_checkpoint_{iteration}.pt`` (group 1: the iteration)."""
+    return re.compile(rf"^{re.escape(prefix)}_checkpoint_(\d+)\.pt$")
 
 
 class NonFiniteLossError(FloatingPointError):
