@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, List, Union
 
-__all__ = ["atomic_write", "partial_files"]
+__all__ = ["atomic_write", "atomic_write_text", "partial_files"]
 
 # ".{final name}.{mkstemp's random part}.part{suffix}", as atomic_write names its temporary files
 _PARTIAL = re.compile(r"^\.(?P<final>.+)\.[A-Za-z0-9_]+\.part")
@@ -46,6 +46,11 @@ def atomic_write(path: Union[str, "os.PathLike[str]"], write: Callable[[str], No
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: Union[str, "os.PathLike[str]"], text: str, suffix: str = "") -> Path:
+    """:func:`atomic_write` of ``text`` in UTF-8 (JSON, CSV, Markdown)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), suffix)
 
 
 def partial_files(folder: Union[str, "os.PathLike[str]"], final: Callable[[str], bool]) -> List[Path]:

@@ -43,7 +43,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -53,7 +52,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from balr_sam.data.io import check_readable_file, load_nifti, nifti_affine
+from balr_sam.atomic import atomic_write, atomic_write_text
+from balr_sam.data.io import check_readable_file, list_folder, load_nifti, nifti_affine
 from balr_sam.errors import BalrSamError, DataError
 from balr_sam.labels import LabelSet, get_label_set, remap_labels
 from balr_sam.metrics import (
@@ -124,11 +124,7 @@ def list_case_files(folder: Union[str, Path], what: str = "files") -> Dict[str, 
     if not folder.is_dir():
         raise DataError(f"{folder}: not a directory ({what})")
     found: Dict[str, Path] = {}
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as err:  # e.g. no read permission on the folder
-        raise DataError(f"{folder}: the folder cannot be listed ({err.strerror or type(err).__name__})") from None
-    for path in entries:
+    for path in list_folder(folder):
         if path.name.startswith(".") or not path.is_file():
             continue
         stem, suf = _split_suffix(path.name)
@@ -465,18 +461,12 @@ def write_per_case_csv(path: Path, cases: Sequence[CaseResult], label_set: Label
                     int(res.raw[k, 5] == 0),
                 ]
             )
-    _write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _class_order(label_set: LabelSet) -> List[int]:
     order = [c for c in label_set.report_order if c in label_set.foreground]
     return order + [c for c in label_set.foreground if c not in order]
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _md_num(v: Optional[float], scale: float = 1.0) -> str:
@@ -627,15 +617,12 @@ def save_overlay(
         handles = [Patch(color=colours[c], label=label_set.display_names.get(c, str(c))) for c in present]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), frameon=False)
     fig.suptitle(title)
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".part.png")
     with warnings.catch_warnings():
         # a case name in a script the font lacks (e.g. CJK) draws as boxes; not worth a warning per glyph
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
         fig.tight_layout(rect=(0, 0.08 if present else 0, 1, 0.95))
-        fig.savefig(tmp, dpi=80)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80), ".png")
     plt.close(fig)
-    os.replace(tmp, path)
     return index
 
 
@@ -848,6 +835,6 @@ def evaluate_pairs(
                 print(f"balr-sam evaluate: overlay of case {res.case} skipped: {err}", file=sys.stderr)
     summary["overlays"] = overlays
 
-    _write_text(files[1], json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    _write_text(files[2], summary_markdown(summary, lset, name))
+    atomic_write_text(files[1], json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(files[2], summary_markdown(summary, lset, name))
     return EvaluationResult(summary, cases, sorted(failed), output_dir, files)

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
+from balr_sam.atomic import atomic_write_text
 from balr_sam.data.datalists import load_datalist, read_datalist
 from balr_sam.data.io import read_image_2d, read_mask_2d, strip_suffix
 from balr_sam.data.splits import POLYP_TEST_SETS
@@ -184,12 +185,6 @@ def _prepare_output(output_dir: Path, overwrite: bool) -> None:
             p.unlink()
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _pct(v: Optional[float]) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100.0 * v:.2f}"
 
@@ -240,7 +235,7 @@ def _write_csv(path: Path, cases: Sequence[Dict[str, Any]]) -> None:
     writer.writerow(["case", "test_set", "dice", "iou", "pred_pixels", "gt_pixels"])
     for c in cases:
         writer.writerow([c["case"], c["test_set"], f"{c['dice']:.6f}", f"{c['iou']:.6f}", c["pred_pixels"], c["gt_pixels"]])
-    _write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _overlays(output_dir: Path, cases: Sequence[Dict[str, Any]], label_set: str, num_overlays: int, threshold: float,
@@ -403,8 +398,8 @@ def evaluate_2d_predictions(
 
     _write_csv(output_dir / "per_image.csv", cases)
     _overlays(output_dir, cases, label_set, num_overlays, threshold, mask_threshold)
-    _write_text(output_dir / "summary.md", summary_markdown_2d(summary))
-    _write_text(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(output_dir / "summary.md", summary_markdown_2d(summary))
+    atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -33,8 +33,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 
 import numpy as np
 
-from balr_sam.atomic import atomic_write
-from balr_sam.data.io import IMAGE2D_SUFFIXES, VOLUME_SUFFIXES, is_dicom_series_dir, strip_suffix
+from balr_sam.atomic import atomic_write, atomic_write_text
+from balr_sam.data.io import IMAGE2D_SUFFIXES, VOLUME_SUFFIXES, is_dicom_series_dir, list_folder, strip_suffix
 from balr_sam.errors import DataError
 
 __all__ = [
@@ -93,11 +93,7 @@ def find_inputs(source: PathLike) -> List[InferenceItem]:
         if item is None:
             raise DataError(f"{path}: not a volume ({', '.join(VOLUME_SUFFIXES)}), a 2D image or a DICOM series folder")
         return [item]
-    try:
-        entries = sorted(path.iterdir())
-    except OSError as err:
-        raise DataError(f"{path}: the folder cannot be listed ({err.strerror})") from None
-    items = [it for p in entries if not p.name.startswith(".") and (it := _item(p)) is not None]
+    items = [it for p in list_folder(path) if not p.name.startswith(".") and (it := _item(p)) is not None]
     if not items:
         raise DataError(f"{path}: empty folder: no NIfTI/NRRD/MHA volume, 2D image or DICOM series in it")
     names = [it.case for it in items]
@@ -282,7 +278,7 @@ def run_batch_inference(
                         labels, affine = predict(item)
                     sidecar = out_dir / f"{item.case}.json"
                     text = json.dumps(_sidecar(item, output, label_names, model_name), indent=2) + "\n"
-                    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), ".json")
+                    atomic_write_text(sidecar, text, ".json")
                     if item.kind == "image2d":
                         write_label_png(output, labels)
                     else:

@@ -50,12 +50,13 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 
-from balr_sam.atomic import atomic_write
+from balr_sam.atomic import atomic_write_text
 from balr_sam.data.io import (
     IMAGE2D_SUFFIXES,
     VOLUME_SUFFIXES,
     check_grid,
     is_dicom_series_dir,
+    list_folder,
     npz_header,
     read_image_2d_size,
     read_volume_header,
@@ -171,7 +172,7 @@ def write_datalist(datalist: dict, path: PathLike, overwrite: bool = False) -> P
     if path.exists() and not overwrite:
         raise DataError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
     text = json.dumps(datalist, indent=2) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write_text(path, text)
 
 
 def read_datalist(path: PathLike) -> dict:
@@ -369,14 +370,6 @@ class _Failures:
             notes.append(f"{len(self.failed)} cases failed the checks and were left out (listed under 'failed')")
 
 
-def _iterdir(folder: Path) -> List[Path]:
-    """``sorted(folder.iterdir())`` with a DataError for a folder that cannot be listed."""
-    try:
-        return sorted(folder.iterdir())
-    except OSError as err:
-        raise DataError(f"{folder}: the folder cannot be listed ({err.strerror or type(err).__name__})") from None
-
-
 def _require_dir(path: Path, what: str) -> Path:
     if not path.exists():
         raise DataError(f"{path}: no such folder ({what})")
@@ -402,7 +395,7 @@ def _pair_error(unpaired: List[Path], what: str) -> DataError:
 
 def _list_files(folder: Path, suffixes: Sequence[str], exclude: Callable[[str], bool] = lambda n: False) -> List[Path]:
     return sorted(
-        f for f in _iterdir(folder)
+        f for f in list_folder(folder)
         if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(tuple(suffixes)) and not exclude(f.name)
     )
 
@@ -512,7 +505,7 @@ def _find_btcv_training(root: Path) -> Optional[Path]:
 def _btcv_files(folder: Path, pattern: re.Pattern, what: str) -> Tuple[Dict[int, Path], List[str]]:
     found: Dict[int, Path] = {}
     others: List[str] = []
-    for f in _iterdir(folder):
+    for f in list_folder(folder):
         if f.name.startswith("."):
             continue
         m = pattern.match(f.name)
@@ -680,7 +673,7 @@ def _prepare_synapse_npz(root, output, val_fraction, seed, list_dir, overwrite, 
         raise DataError(f"{list_dir}: no train.txt or test_vol.txt in the list folder")
     training: List[dict] = []
     if train_dir.is_dir():
-        files = {f.name[:-4]: f for f in _iterdir(train_dir) if _NPZ.match(f.name)}
+        files = {f.name[:-4]: f for f in list_folder(train_dir) if _NPZ.match(f.name)}
         if not files:
             raise DataError(f"{train_dir}: empty folder, no caseXXXX_sliceYYY.npz slices found")
         names = _select_listed(files, lists, "train.txt", "slices", ".npz")
@@ -697,7 +690,7 @@ def _prepare_synapse_npz(root, output, val_fraction, seed, list_dir, overwrite, 
             training.append({"case_id": f"{int(m.group(1)):04d}", "slice": int(m.group(2)), "image": f, "label": f})
     test: List[dict] = []
     if test_dir.is_dir():
-        vols = {f.name[: -len(".npy.h5")]: f for f in _iterdir(test_dir) if _H5.match(f.name)}
+        vols = {f.name[: -len(".npy.h5")]: f for f in list_folder(test_dir) if _H5.match(f.name)}
         if not vols:
             raise DataError(f"{test_dir}: empty folder, no caseXXXX.npy.h5 volumes found")
         names = _select_listed(vols, lists, "test_vol.txt", "volumes", ".npy.h5")
@@ -761,7 +754,7 @@ def _pair_2d(
     _require_dir(mask_dir, "masks")
     images = _list_files(image_dir, image_suffixes, exclude)
     if not images:
-        empty = "empty folder, " if not _iterdir(image_dir) else ""
+        empty = "empty folder, " if not list_folder(image_dir) else ""
         raise DataError(f"{image_dir}: {empty}no images ({', '.join(image_suffixes)}) found")
     masks: Dict[str, Path] = {}
     for m in _list_files(mask_dir, IMAGE2D_SUFFIXES, mask_exclude):
@@ -896,7 +889,7 @@ def prepare_polyp(
     failed_train = [f["case_id"] for f in failures.failed if "image" in f]
     test: List[dict] = []
     if test_root.is_dir():
-        sets = sorted(p.name for p in _iterdir(test_root) if p.is_dir() and not p.name.startswith("."))
+        sets = sorted(p.name for p in list_folder(test_root) if p.is_dir() and not p.name.startswith("."))
         if not sets:
             raise DataError(f"{test_root}: empty folder, no test sets found")
         order = [s for s in POLYP_TEST_SETS if s in sets] + [s for s in sets if s not in POLYP_TEST_SETS]
@@ -988,7 +981,7 @@ def prepare_images2d(
 
 def _volume_candidates(folder: Path, label_suffix: str = "") -> List[Path]:
     out = []
-    for f in _iterdir(folder):
+    for f in list_folder(folder):
         if f.name.startswith("."):
             continue
         if f.is_file() and f.name.lower().endswith(VOLUME_SUFFIXES):
@@ -1067,7 +1060,7 @@ def prepare_nifti(
     all_ids: List[str] = []  # every case found, failed ones included (for a stable split)
     if image_names:
         expects_labels = bool(label_name)
-        folders = [root] + [p for p in _iterdir(root) if p.is_dir() and not p.name.startswith(".")]
+        folders = [root] + [p for p in list_folder(root) if p.is_dir() and not p.name.startswith(".")]
         for folder in folders:
             image = _first_existing(folder / n for n in image_names)
             if image is None:
@@ -1094,7 +1087,7 @@ def prepare_nifti(
         expects_labels = lab_dir is not None
         vols = _volume_candidates(img_dir, label_suffix if same_dir else "")
         if not vols:
-            empty = "empty folder, " if not _iterdir(img_dir) else ""
+            empty = "empty folder, " if not list_folder(img_dir) else ""
             raise DataError(f"{img_dir}: {empty}no volumes ({', '.join(VOLUME_SUFFIXES)}) or DICOM series folders found")
         stems: Dict[str, Path] = {}
         for v in vols:

@@ -67,6 +67,7 @@ __all__ = [
     "axcodes",
     "check_grid",
     "check_readable_file",
+    "list_folder",
     "dicom_series_files",
     "is_dicom_series_dir",
     "is_volume_path",
@@ -299,6 +300,15 @@ def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     # ITK messages put the useful description last
     return (lines[-1] if lines and "itk::ERROR" in text else (lines[0] if lines else type(err).__name__))[:300]
+
+
+def list_folder(folder: PathLike) -> List[Path]:
+    """``sorted(folder.iterdir())``, with a :class:`DataError` naming a folder that cannot be listed."""
+    folder = Path(folder)
+    try:
+        return sorted(folder.iterdir())
+    except OSError as err:  # e.g. no read permission on the folder
+        raise DataError(f"{folder}: the folder cannot be listed ({err.strerror or type(err).__name__})") from None
 
 
 def check_readable_file(path: PathLike) -> None:
