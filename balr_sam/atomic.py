@@ -1,8 +1,8 @@
 """Atomic file writes: write to a temporary file beside the target, then rename it into place.
 
-Every file the product writes for later use (trained models, datalists, label maps, sidecars)
-goes through :func:`atomic_write`, so an interrupted process never leaves a half-written file
-under the final name.
+Every file the product writes for later use (trained models, checkpoints, datalists, label maps,
+sidecars, evaluation reports and overlays) goes through :func:`atomic_write`, so an interrupted
+process never leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
