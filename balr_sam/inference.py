@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 
 import numpy as np
 
-from balr_sam.atomic import atomic_write, atomic_write_text
+from balr_sam.atomic import atomic_write, atomic_write_text, partial_files
 from balr_sam.data.io import IMAGE2D_SUFFIXES, VOLUME_SUFFIXES, is_dicom_series_dir, list_folder, strip_suffix
 from balr_sam.errors import DataError
 
@@ -269,6 +269,10 @@ def run_batch_inference(
                     loads.pop(index, None)
                     report.skipped.append(item.case)
                     continue
+                sidecar = out_dir / f"{item.case}.json"
+                # leftovers of a writer killed mid-write: holding the lock, no live process owns them
+                for stale in partial_files(out_dir, lambda name: name in (output.name, sidecar.name)):
+                    stale.unlink(missing_ok=True)
                 schedule(index)
                 schedule(index + 1)  # read the next case while this one is segmented
                 try:
@@ -276,7 +280,6 @@ def run_batch_inference(
                         labels, affine = predict.segment(item, loads.pop(index).result())  # type: ignore[attr-defined]
                     else:
                         labels, affine = predict(item)
-                    sidecar = out_dir / f"{item.case}.json"
                     text = json.dumps(_sidecar(item, output, label_names, model_name), indent=2) + "\n"
                     atomic_write_text(sidecar, text, ".json")
                     if item.kind == "image2d":

@@ -119,16 +119,34 @@ def test_killed_run_leaves_no_partial_output_and_resumes(tiny_dataset: Dict[str,
     out = tmp_path / "out"
     command = [sys.executable, "-m", "balr_sam", "infer", str(inputs), str(out), *infer_args]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finished() -> List[Path]:  # final names only: a writer's temporary file is hidden (".case.nii.gz.*.part.nii.gz")
+        return sorted(p for p in out.glob("*.nii.gz") if not p.name.startswith("."))
+
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and len(list(out.glob("*.nii.gz"))) < 2:
+    while time.time() < deadline and proc.poll() is None and len(finished()) < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(out.glob("*.nii.gz"))
+    done = finished()
     assert 0 < len(done) < 12, "the run must be killed mid-way for this test to mean anything"
     for path in done:  # whatever exists under a final name is complete
         assert np.asarray(nib.load(path).dataobj).shape == nib.load(inputs / path.name).shape
     assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0
-    final = sorted(p.name for p in out.glob("*.nii.gz"))
-    assert final == sorted(p.name for p in inputs.glob("*.nii.gz"))
-    assert not list(out.glob("*.lock"))
+    assert [p.name for p in finished()] == sorted(p.name for p in inputs.glob("*.nii.gz"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(n for p in finished() for n in (p.name, p.name[: -len(".nii.gz")] + ".json"))
+
+
+def test_a_rerun_removes_what_a_killed_writer_left(tiny_dataset: Dict[str, str], infer_args: List[str], tmp_path: Path) -> None:
+    inputs = copy_tiny_cases(tiny_dataset, tmp_path / "in", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    # what a kill in the middle of atomic_write leaves: empty temporaries under hidden names
+    leftovers = [out / ".case00.nii.gz.k1ll3d.part.nii.gz", out / ".case00.json.x9y8z7.part.json"]
+    other = out / ".notes.txt"  # not a writer's temporary: must stay
+    for path in [*leftovers, other]:
+        path.write_bytes(b"")
+    assert main(["infer", str(inputs), str(out), *infer_args]) == 0
+    assert not any(p.exists() for p in leftovers)
+    assert other.exists()
+    assert sorted(p.name for p in out.glob("case*.nii.gz")) == ["case00.nii.gz", "case01.nii.gz"]
