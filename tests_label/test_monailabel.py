@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Callable, Dict, Iterator, Tuple
 
 import numpy as np
 import pytest
@@ -35,11 +35,8 @@ import nibabel as nib  # noqa: E402
 import torch  # noqa: E402
 from monai.bundle import run as bundle_run  # noqa: E402
 
-from balr_sam.data.datalists import prepare_synapse  # noqa: E402
 from balr_sam.data.shared import shared_data_dir  # noqa: E402
-from balr_sam.data.synthetic import generate_ct_dataset  # noqa: E402
 from balr_sam.labels import get_label_set, remap_labels  # noqa: E402
-from balr_sam.networks.variants import build_sam  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
@@ -67,15 +64,10 @@ def _log_tail(path: Path, lines: int = 60) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[[Path, int, float], Tuple[Path, Path]]) -> Dict[str, Path]:
     """Tiny trained model deployed into a fresh monaibundle app, and a datastore for it."""
     root = tmp_path_factory.mktemp("monailabel")
-    data = root / "synapse"
-    generate_ct_dataset(data, cases=4, seed=3, shape=(48, 48, 8))
-    prepare_synapse(data, data / "datalist.json", test_fraction=0.25, val_fraction=0.25, seed=0)
-    torch.manual_seed(0)
-    sam = root / "sam_vit_t.pth"
-    torch.save(build_sam("vit_t").state_dict(), sam)
+    data, sam = tiny_synapse(root, 4, 0.25)
     run_dir = root / "run"
     bundle_run(
         "training", config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")], meta_file=str(CONFIGS / "metadata.json"),

@@ -1,0 +1,41 @@
+"""Fixtures shared by both test suites: ``tests`` (main environment) and ``tests_label`` (the MONAI
+Label environment). pytest loads this file for either, since it sits at the rootdir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Tuple
+
+import pytest
+import torch
+
+from balr_sam.data.datalists import prepare_synapse
+from balr_sam.data.shared import SHARED_DATA_ENV, shared_data_dir
+from balr_sam.data.synthetic import generate_ct_dataset
+from balr_sam.networks.variants import build_sam
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real sample data folder (``<repo>/../shared/data`` or ``$BALR_SAM_SHARED_DATA``); skips when absent."""
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip(f"shared sample data not found: set {SHARED_DATA_ENV} or put it at <repo>/../shared/data")
+    return path
+
+
+def _tiny_synapse(root: Path, cases: int, held_out: float) -> Tuple[Path, Path]:
+    data = root / "synapse"
+    generate_ct_dataset(data, cases=cases, seed=3, shape=(48, 48, 8))
+    prepare_synapse(data, data / "datalist.json", test_fraction=held_out, val_fraction=held_out, seed=0)
+    torch.manual_seed(0)
+    sam = root / "sam_vit_t.pth"
+    torch.save(build_sam("vit_t").state_dict(), sam)
+    return data, sam
+
+
+@pytest.fixture(scope="session")
+def tiny_synapse() -> Callable[[Path, int, float], Tuple[Path, Path]]:
+    """Writes, under ``root``, ``synapse/`` (``cases`` 48 x 48 x 8 synthetic CT phantoms and a
+    ``datalist.json`` holding out the fraction ``held_out`` for validation and as much for test)
+    and ``sam_vit_t.pth`` (a random ``vit_t`` SAM in the official format); returns both paths."""
+    return _tiny_synapse
