@@ -34,7 +34,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, Resize, Resized
 from monai.utils import TraceKeys
 
-__all__ = ["LoadedVolume", "StreamingVolumeSegmenter", "split_at_resize"]
+__all__ = ["LoadedVolume", "StreamingVolumeSegmenter", "transforms_before_resize"]
 
 
 @dataclass
@@ -53,15 +53,15 @@ class LoadedVolume:
     operations: list
 
 
-def split_at_resize(preprocessing: Compose, key: str = "image") -> Tuple[Compose, Resized]:
-    """``(before, resize)``: the transforms before the pipeline's in-plane ``Resized`` of ``key``, and that ``Resized``.
+def transforms_before_resize(preprocessing: Compose, key: str = "image") -> Compose:
+    """The transforms of ``preprocessing`` before its in-plane ``Resized`` of ``key`` (what :class:`~monai.transforms.Invertd` undoes on the labels).
 
     Raises:
         ValueError: the pipeline has no ``Resized`` for ``key`` (not a slice-inference preprocessing).
     """
     for index, transform in enumerate(preprocessing.transforms):
         if isinstance(transform, Resized) and key in transform.keys:
-            return Compose(list(preprocessing.transforms[:index])), transform
+            return Compose(list(preprocessing.transforms[:index]))
     raise ValueError(f"the preprocessing has no Resized of {key!r}; cannot stream its inverse")
 
 
@@ -88,9 +88,8 @@ class StreamingVolumeSegmenter:
         self.amp = bool(amp) and self.device.type == "cuda"
         self.key = key
         self.fixed_batch = fixed_batch
-        self.before_resize, _ = split_at_resize(preprocessing, key)
         self._resize = Resize(spatial_size=-1)  # only its inverse_transform is used, with the recorded op
-        self.inverter = Invertd(keys="pred", transform=self.before_resize, orig_keys=key, nearest_interp=True, to_tensor=True)
+        self.inverter = Invertd(keys="pred", transform=transforms_before_resize(preprocessing, key), orig_keys=key, nearest_interp=True, to_tensor=True)
 
     def load(self, source: str) -> LoadedVolume:
         """Read and preprocess ``source`` (file or DICOM folder) into per-slice model inputs."""
