@@ -62,12 +62,7 @@ if [ -z "$APP" ] && { [ -n "$SAM" ] || [ -n "$MODEL" ] || [ "${#SETS[@]}" -gt 0 
 fi
 
 if [ "$INSTALL" = 1 ]; then
-  if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  fi
-  "$VENV/bin/python" -m pip install --quiet -r requirements-label.txt
-  "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+  BALR_SAM_VENV="$VENV" BALR_SAM_REQUIREMENTS=requirements-label.txt PYTHON="$PYTHON" bash scripts/setup.sh
   echo "MONAI Label $("$VENV/bin/python" -c 'import monailabel; print(monailabel.__version__)') and balr-sam installed in $VENV"
 fi
 [ -n "$APP" ] || exit 0
