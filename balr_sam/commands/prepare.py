@@ -170,7 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         problems: list = [] if not args.fail_fast else None  # type: ignore[assignment]
         n = verify_datalist(args.output, failures=problems)
         if problems:
-            failed += exclude_failed(args.output, problems)["failed"][len(failed):]
+            exclude_failed(args.output, problems)
+            failed += problems  # the same cases, case ids and errors, in the same order, as exclude_failed lists
             print(f"  verified {n} cases: {len(problems)} failed, left out and listed under 'failed' in {args.output}")
         else:
             print(f"  verified {n} cases: all files readable and consistent")

@@ -152,14 +152,19 @@ def _finish(
             items.append(case)
         if key in SPLITS or items:
             out[key] = items
-    out["numTraining"] = len(out["training"])
-    out["numValidation"] = len(out["validation"])
-    out["numTest"] = len(out["test"])
+    _set_counts(out)
     if notes:
         out["notes"] = list(notes)
     if output is not None:
         write_datalist(out, output, overwrite=overwrite)
     return out
+
+
+def _set_counts(datalist: dict) -> None:
+    """Set ``numTraining``/``numValidation``/``numTest`` from the sizes of the lists."""
+    datalist["numTraining"] = len(datalist.get("training", []))
+    datalist["numValidation"] = len(datalist.get("validation", []))
+    datalist["numTest"] = len(datalist.get("test", []))
 
 
 def write_datalist(datalist: dict, path: PathLike, overwrite: bool = False) -> Path:
@@ -304,21 +309,18 @@ def exclude_failed(path: PathLike, failures: Sequence[dict]) -> dict:
         the rewritten datalist (paths as stored).
     """
     data = read_datalist(path)
-    drop: Dict[str, set] = {}
+    drop: Dict[str, Dict[int, str]] = {}  # split -> index -> error (the first one reported)
     for f in failures:
-        drop.setdefault(f["split"], set()).add(int(f["index"]))
+        drop.setdefault(f["split"], {}).setdefault(int(f["index"]), f["error"])
     failed = list(data.get("failed", []))
-    for split, indexes in drop.items():
+    for split, errors in drop.items():
         items = data.get(split, [])
-        for i in sorted(indexes):
+        for i in sorted(errors):
             item = items[i] if isinstance(items[i], dict) else {"image": items[i]}
-            error = next(f["error"] for f in failures if f["split"] == split and int(f["index"]) == i)
-            failed.append({"case_id": item.get("case_id"), "image": item.get("image"), "error": error})
-        data[split] = [item for i, item in enumerate(items) if i not in indexes]
+            failed.append({"case_id": item.get("case_id"), "image": item.get("image"), "error": errors[i]})
+        data[split] = [item for i, item in enumerate(items) if i not in errors]
     data["failed"] = failed
-    data["numTraining"] = len(data.get("training", []))
-    data["numValidation"] = len(data.get("validation", []))
-    data["numTest"] = len(data.get("test", []))
+    _set_counts(data)
     write_datalist(data, path, overwrite=True)
     return data
 
@@ -394,10 +396,10 @@ def _pair_error(unpaired: List[Path], what: str) -> DataError:
 
 
 def _list_files(folder: Path, suffixes: Sequence[str], exclude: Callable[[str], bool] = lambda n: False) -> List[Path]:
-    return sorted(
-        f for f in list_folder(folder)
+    return [
+        f for f in list_folder(folder)  # already sorted
         if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(tuple(suffixes)) and not exclude(f.name)
-    )
+    ]
 
 
 def _check_volume_pair(image: Path, label: Path) -> Tuple[float, ...]:
@@ -742,14 +744,13 @@ def _pair_2d(
     exclude: Callable[[str], bool] = lambda n: False,
     mask_exclude: Callable[[str], bool] = lambda n: False,
     extra: Optional[dict] = None,
-    failures: Optional[_Failures] = None,
+    failures: _Failures,
 ) -> List[dict]:
     """Pair images with masks: the mask of image stem ``s`` has stem ``mask_name(s)`` (any image suffix).
 
     Cases with a missing, unreadable or differently sized mask go to ``failures`` (which raises
     unless it skips bad cases).
     """
-    failures = failures if failures is not None else _Failures(skip_bad=False)
     _require_dir(image_dir, "images")
     _require_dir(mask_dir, "masks")
     images = _list_files(image_dir, image_suffixes, exclude)
@@ -1091,7 +1092,7 @@ def prepare_nifti(
             raise DataError(f"{img_dir}: {empty}no volumes ({', '.join(VOLUME_SUFFIXES)}) or DICOM series folders found")
         stems: Dict[str, Path] = {}
         for v in vols:
-            stem = strip_suffix(v.name) if v.is_file() else v.name
+            stem = _stem(v)
             if stem in stems:
                 raise DataError(f"{v}: two volumes with the same name stem (also {stems[stem].name})")
             stems[stem] = v
