@@ -56,6 +56,14 @@ class LabelSet:
                 lut[src] = dst
         return lut
 
+    def clip_value(self, source: str) -> int:
+        """One above the largest value listed in ``source``'s map (1 for an empty or unknown map).
+
+        Every source value from there up maps to background, so label arrays can be clipped
+        there, keeping :meth:`lookup_table` small whatever the largest value in a file.
+        """
+        return max(self.maps.get(source, {}), default=0) + 1
+
 
 @lru_cache(maxsize=None)
 def _raw() -> Dict[str, dict]:
@@ -101,6 +109,6 @@ def remap_labels(label: np.ndarray, label_set: str, source: str) -> np.ndarray:
     # values above the map's largest source value all become 0: clip there, so that the lookup
     # table stays small whatever the largest value in the file
     ls = get_label_set(label_set)
-    top = max(ls.maps.get(source, {}), default=0) + 1
+    top = ls.clip_value(source)
     lut = ls.lookup_table(source, top)  # KeyError for an unknown source
     return lut[np.minimum(arr, top).astype(np.int64)].astype(np.uint8)

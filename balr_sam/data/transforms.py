@@ -403,7 +403,7 @@ class MapLabelsd(MapTransform):
             else:
                 # every value above the map's largest source value is background: clip there (before
                 # the int cast, so huge floats cannot wrap) and keep the lookup table small
-                top = max(lut_set.maps[source], default=0) + 1
+                top = lut_set.clip_value(source)
                 if np.issubdtype(arr.dtype, np.floating):
                     arr = np.rint(np.nan_to_num(arr, nan=0.0, posinf=top, neginf=0.0))
                 ints = np.clip(arr, 0, top).astype(np.int64)
