@@ -47,7 +47,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
@@ -648,9 +648,11 @@ def _find_image(index: Dict[str, Path], case: str, label_path: Path) -> Optional
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare_output(output_dir: Path, overwrite: bool) -> None:
+def _prepare_output(output_dir: Path, overwrite: bool, files: Sequence[str] = _RESULT_FILES) -> None:
+    """Create ``output_dir``; refuse an existing result (``files`` or old overlays) unless
+    ``overwrite``, then remove the old overlays (a new run may draw other cases)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    existing = [output_dir / f for f in _RESULT_FILES if (output_dir / f).exists()]
+    existing = [output_dir / f for f in files if (output_dir / f).exists()]
     overlay_dir = output_dir / "overlays"
     old_pngs: List[Path] = []
     if overlay_dir.is_dir():
@@ -660,6 +662,37 @@ def _prepare_output(output_dir: Path, overwrite: bool) -> None:
         raise DataError(f"{first}: an evaluation result already exists; pass --overwrite to replace it")
     for p in old_pngs:
         p.unlink()
+
+
+_Case = TypeVar("_Case")
+
+
+def _draw_overlays(
+    cases: Sequence[_Case],
+    num_overlays: int,
+    score: Callable[[_Case], float],
+    name: Callable[[_Case], str],
+    draw: Callable[[str, int, _Case], Any],
+    prog: str = "balr-sam evaluate",
+) -> List[Any]:
+    """Draw the ``num_overlays`` worst and best cases by ``score`` (NaN scores left out, ties by
+    ``name``; a case is drawn once) with ``draw(tag, rank, case)``, ``tag`` ``"worst"``/``"best"``
+    and ``rank`` from 1. A :class:`DataError` (e.g. a corrupt image) skips that overlay with a line
+    on stderr. Returns what ``draw`` returned for each drawn overlay."""
+    if num_overlays <= 0:
+        return []
+    ranked = sorted((c for c in cases if not math.isnan(score(c))), key=lambda c: (score(c), name(c)))
+    picks: List[Tuple[str, int, _Case]] = [("worst", i + 1, c) for i, c in enumerate(ranked[:num_overlays])]
+    drawn = {name(c) for _, _, c in picks}
+    best = [c for c in reversed(ranked) if name(c) not in drawn][:num_overlays]
+    picks += [("best", i + 1, c) for i, c in enumerate(best)]
+    results = []
+    for tag, rank, case in picks:
+        try:
+            results.append(draw(tag, rank, case))
+        except DataError as err:
+            print(f"{prog}: overlay of case {name(case)} skipped: {err}", file=sys.stderr)
+    return results
 
 
 def evaluate_folder(
@@ -802,37 +835,32 @@ def evaluate_pairs(
 
     overlays: List[Dict[str, Any]] = []
     if num_overlays > 0:
-        ranked = sorted((c for c in cases if not math.isnan(c.mean_dice)), key=lambda c: (c.mean_dice, c.case))
-        picks: List[Tuple[str, int, CaseResult]] = [("worst", i + 1, c) for i, c in enumerate(ranked[:num_overlays])]
-        drawn = {c.case for _, _, c in picks}
-        best = [c for c in reversed(ranked) if c.case not in drawn][:num_overlays]
-        picks += [("best", i + 1, c) for i, c in enumerate(best)]
         overlay_dir = output_dir / "overlays"
         overlay_dir.mkdir(exist_ok=True)
-        for tag, rank, res in picks:
-            try:
-                label = read_label_file(res.label_path, lset, label_map)
-                pred = read_label_file(res.pred_path, lset, pred_label_map)
-                image = None
-                img_path = _find_image(images, res.case, res.label_path)
-                if img_path is not None:
-                    image = read_image_file(img_path)
-                    spatial = image.shape[: label.data.ndim]
-                    if spatial != label.data.shape:
-                        print(
-                            f"balr-sam evaluate: {img_path}: shape {image.shape} does not match the label "
-                            f"{res.label_path} {label.data.shape}; overlay without image",
-                            file=sys.stderr,
-                        )
-                        image = None
-                out = overlay_dir / f"{tag}_{rank}_{res.case}.png"
-                title = f"{res.case} ({tag} {rank}): mean Dice {res.mean_dice:.3f}"
-                index = save_overlay(out, label, pred, lset, title, image)
-                overlays.append({"file": str(out.relative_to(output_dir)), "case": res.case, "kind": tag,
-                                 "rank": rank, "slice": index, "mean_dice": res.mean_dice})
-                files.append(out)
-            except DataError as err:
-                print(f"balr-sam evaluate: overlay of case {res.case} skipped: {err}", file=sys.stderr)
+
+        def draw(tag: str, rank: int, res: CaseResult) -> Dict[str, Any]:
+            label = read_label_file(res.label_path, lset, label_map)
+            pred = read_label_file(res.pred_path, lset, pred_label_map)
+            image = None
+            img_path = _find_image(images, res.case, res.label_path)
+            if img_path is not None:
+                image = read_image_file(img_path)
+                spatial = image.shape[: label.data.ndim]
+                if spatial != label.data.shape:
+                    print(
+                        f"balr-sam evaluate: {img_path}: shape {image.shape} does not match the label "
+                        f"{res.label_path} {label.data.shape}; overlay without image",
+                        file=sys.stderr,
+                    )
+                    image = None
+            out = overlay_dir / f"{tag}_{rank}_{res.case}.png"
+            title = f"{res.case} ({tag} {rank}): mean Dice {res.mean_dice:.3f}"
+            index = save_overlay(out, label, pred, lset, title, image)
+            files.append(out)
+            return {"file": str(out.relative_to(output_dir)), "case": res.case, "kind": tag,
+                    "rank": rank, "slice": index, "mean_dice": res.mean_dice}
+
+        overlays = _draw_overlays(cases, num_overlays, lambda c: c.mean_dice, lambda c: c.case, draw)
     summary["overlays"] = overlays
 
     atomic_write_text(files[1], json.dumps(summary, indent=2, allow_nan=False) + "\n")

@@ -65,10 +65,18 @@ from monai.transforms import MapTransform
 
 from balr_sam.atomic import atomic_write_text
 from balr_sam.data.datalists import load_datalist, read_datalist
-from balr_sam.data.io import read_image_2d, read_mask_2d, strip_suffix
+from balr_sam.data.io import _first_line, _open_pil, load_nifti, read_image_2d, read_mask_2d, strip_suffix
 from balr_sam.data.splits import POLYP_TEST_SETS
 from balr_sam.errors import DataError
-from balr_sam.metrics import as_label_tensor, per_image_dice_iou, pooled_confusion_dice_iou
+from balr_sam.evaluation import LabelVolume, _draw_overlays, _prepare_output, save_overlay
+from balr_sam.metrics import (
+    _gather_rows,
+    _IgniteMetric,
+    _init_ignite_metric,
+    as_label_tensor,
+    confusion_summary,
+    pooled_confusion_dice_iou,
+)
 
 __all__ = [
     "PROTOCOLS_2D",
@@ -118,27 +126,17 @@ def read_prediction_2d(path: PathLike) -> np.ndarray:
     p = Path(path)
     name = p.name.lower()
     if name.endswith((".nii.gz", ".nii")):
-        import nibabel as nib
-
+        img = load_nifti(p)  # DataError for missing, empty, unreadable or corrupt files
         try:
-            arr = np.asarray(nib.load(str(p)).dataobj)
-        except Exception as err:
-            raise DataError(f"{p}: cannot be read as NIfTI ({type(err).__name__}: {err})") from None
+            arr = np.asarray(img.dataobj)
+        except Exception as err:  # truncated gzip, short file: nibabel raises many types
+            raise DataError(f"{p}: voxel data is unreadable or truncated ({type(err).__name__}: {_first_line(err)})") from None
         while arr.ndim > 2 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         arr = arr.astype(np.float32)
     else:
-        from PIL import Image, UnidentifiedImageError
-
-        if not p.is_file():
-            raise DataError(f"{p}: no such file")
-        try:
-            with Image.open(str(p)) as img:
-                if img.mode not in ("L", "1", "F") and not img.mode.startswith("I"):
-                    img = img.convert("L")
-                arr = np.asarray(img)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise DataError(f"{p}: cannot be read as an image ({type(err).__name__}: {err})") from None
+        with _open_pil(p) as img:  # DataError for missing, empty, corrupt or multi-frame files
+            arr = np.asarray(img if img.mode in ("L", "1", "F") or img.mode.startswith("I") else img.convert("L"))
         scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
         arr = arr.astype(np.float32)
         if arr.size and arr.max() > 1.0:
@@ -172,17 +170,6 @@ def _test_set_order(names: Sequence[str], declared: Sequence[str]) -> List[str]:
         if n in names and n not in seen:
             seen.append(n)
     return seen
-
-
-def _prepare_output(output_dir: Path, overwrite: bool) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    existing = [output_dir / f for f in _RESULT_FILES if (output_dir / f).exists()]
-    if existing and not overwrite:
-        raise DataError(f"{existing[0]}: an evaluation result already exists; pass overwrite=True (--overwrite) to replace it")
-    overlays = output_dir / "overlays"
-    if overlays.is_dir():
-        for p in sorted(overlays.glob("worst_*.png")) + sorted(overlays.glob("best_*.png")):
-            p.unlink()
 
 
 def _pct(v: Optional[float]) -> str:
@@ -242,25 +229,23 @@ def _overlays(output_dir: Path, cases: Sequence[Dict[str, Any]], label_set: str,
               mask_threshold: float) -> None:
     if num_overlays <= 0 or not cases:
         return
-    from balr_sam.evaluation import LabelVolume, save_overlay
     from balr_sam.labels import get_label_set
 
     try:
         ls = get_label_set(label_set)
     except KeyError:
         ls = get_label_set("binary")
-    ranked = sorted(cases, key=lambda c: (c["dice"], c["case"]))
-    worst = ranked[:num_overlays]
-    best = [c for c in reversed(ranked) if c not in worst][:num_overlays]
     folder = output_dir / "overlays"
     folder.mkdir(exist_ok=True)
-    for tag, group in (("worst", worst), ("best", best)):
-        for rank, c in enumerate(group, 1):
-            pred = read_prediction_2d(c["prediction"]) >= threshold
-            gt = read_mask_2d(c["label"], threshold=mask_threshold)
-            gt_vol, pred_vol = (LabelVolume(a.astype(np.uint8), None, (1.0, 1.0), 1, True) for a in (gt, pred))
-            save_overlay(folder / f"{tag}_{rank}_{c['case']}.png", gt_vol, pred_vol, ls,
-                         f"{c['case']}: Dice {c['dice']:.3f}, IoU {c['iou']:.3f}", image=read_image_2d(c["image"]))
+
+    def draw(tag: str, rank: int, c: Dict[str, Any]) -> None:
+        pred = read_prediction_2d(c["prediction"]) >= threshold
+        gt = read_mask_2d(c["label"], threshold=mask_threshold)
+        gt_vol, pred_vol = (LabelVolume(a.astype(np.uint8), None, (1.0, 1.0), 1, True) for a in (gt, pred))
+        save_overlay(folder / f"{tag}_{rank}_{c['case']}.png", gt_vol, pred_vol, ls,
+                     f"{c['case']}: Dice {c['dice']:.3f}, IoU {c['iou']:.3f}", image=read_image_2d(c["image"]))
+
+    _draw_overlays(cases, num_overlays, lambda c: c["dice"], lambda c: c["case"], draw, prog="balr-sam evaluation2d")
 
 
 def _read_pair(pred_path: Path, item: Dict[str, Any], mask_threshold: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -275,18 +260,13 @@ def _read_pair(pred_path: Path, item: Dict[str, Any], mask_threshold: float) -> 
     return pred, gt
 
 
-def _ratio(a: float, b: float) -> float:
-    return float(a) / float(b) if b else 0.0
-
-
 def _pooled(cases: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """The ISIC protocol from per-image confusion counts: summed, then Dice/mIoU (as ``pooled_confusion_dice_iou``)."""
-    tp, fp, fn, tn = (sum(c["counts"][k] for c in cases) for k in ("tp", "fp", "fn", "tn"))
+    s = confusion_summary(*(sum(c["counts"][k] for c in cases) for k in ("tp", "fp", "fn", "tn")))
     return {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "iou": _ratio(tp, tp + fp + fn),
-        "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
-                      "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp)},
+        "dice": s["dice"],
+        "iou": s["miou"],
+        "confusion": {k: s[k] for k in ("tp", "fp", "fn", "tn", "accuracy", "sensitivity", "specificity")},
     }
 
 
@@ -343,7 +323,7 @@ def evaluate_2d_predictions(
     mask_threshold = float(info.get("mask_threshold", 127))
     default_set = str(info.get("name") or split)
     output_dir = Path(output_dir)
-    _prepare_output(output_dir, overwrite)
+    _prepare_output(output_dir, overwrite, files=_RESULT_FILES)
 
     cases: List[Dict[str, Any]] = []
     failed: List[Dict[str, str]] = []
@@ -359,10 +339,11 @@ def evaluate_2d_predictions(
             failed.append({"case": case, "reason": str(err)})
             continue
         counts = pooled_confusion_dice_iou([pred], [gt], threshold=threshold)
-        one = per_image_dice_iou([pred], [gt], threshold=threshold)
+        # per-image scores as per_image_dice_iou (no smoothing): both masks empty scores 1
+        one = confusion_summary(*(counts[k] for k in ("tp", "fp", "fn", "tn")), empty_score=1.0)
         cases.append({
             "case": case, "test_set": str(item.get("test_set") or default_set), "image": item["image"],
-            "label": item["label"], "prediction": str(pred_path), "dice": one["dice"][0], "iou": one["iou"][0],
+            "label": item["label"], "prediction": str(pred_path), "dice": one["dice"], "iou": one["miou"],
             "pred_pixels": counts["tp"] + counts["fp"], "gt_pixels": counts["tp"] + counts["fn"],
             "counts": {k: counts[k] for k in ("tp", "fp", "fn", "tn")},
         })
@@ -407,12 +388,6 @@ def evaluate_2d_predictions(
 # Ignite metric for the bundle's validation
 # --------------------------------------------------------------------------------------------
 
-try:  # pytorch-ignite is a runtime dependency; keep the module importable without it.
-    from ignite.metrics import Metric as _IgniteMetric
-except ImportError:  # pragma: no cover
-    _IgniteMetric = object  # type: ignore[assignment,misc]
-
-
 def _foreground(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """Channel-first item ``C x H x W`` -> boolean foreground: argmax == 1 if C > 1, else ``>= threshold``."""
     if x.shape[0] > 1:
@@ -446,15 +421,7 @@ class BinaryProtocolMetrics(_IgniteMetric):  # type: ignore[misc,valid-type]
         self.protocol = protocol
         self.threshold = threshold
         self._counts: List[torch.Tensor] = []
-        kwargs: Dict[str, Any] = {"output_transform": output_transform, "device": device}
-        if _IgniteMetric is not object:
-            import inspect
-
-            if "skip_unrolling" in inspect.signature(_IgniteMetric.__init__).parameters:
-                kwargs["skip_unrolling"] = True
-            super().__init__(**kwargs)
-        else:  # pragma: no cover
-            self._device = torch.device(device)
+        _init_ignite_metric(self, output_transform, device)
 
     def reset(self) -> None:
         """Forget every accumulated image."""
@@ -474,7 +441,7 @@ class BinaryProtocolMetrics(_IgniteMetric):  # type: ignore[misc,valid-type]
             raise ValueError(f"y_pred has {len(preds)} items but y has {len(gts)}")
         for p, g in zip(preds, gts):
             pb = _foreground(p, self.threshold)
-            gb = g[0].to(pb.device).to(torch.float64) >= 0.5 if g.shape[0] == 1 else _foreground(g.to(pb.device), 0.5)
+            gb = _foreground(g.to(pb.device), 0.5)
             if pb.shape != gb.shape:
                 raise ValueError(f"prediction {tuple(pb.shape)} and ground truth {tuple(gb.shape)} differ in size")
             counts = torch.stack([(pb & gb).sum(), (pb & ~gb).sum(), (~pb & gb).sum(), (~pb & ~gb).sum()])
@@ -482,28 +449,15 @@ class BinaryProtocolMetrics(_IgniteMetric):  # type: ignore[misc,valid-type]
 
     def compute(self) -> Dict[str, float]:
         """``{"dice", "iou"}`` by the protocol (NaN before any update)."""
-        data = torch.stack(self._counts) if self._counts else torch.zeros((0, 4), dtype=torch.float64, device=self._device)
-        try:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                from monai.utils import evenly_divisible_all_gather
-
-                data = evenly_divisible_all_gather(data, concat=True)
-        except ImportError:  # pragma: no cover
-            pass
+        data = _gather_rows(self._counts, (4,), self._device)
         if data.shape[0] == 0:
             return {"dice": float("nan"), "iou": float("nan")}
-        tp, fp, fn = data[:, 0], data[:, 1], data[:, 2]
         if self.protocol == "isic2017":
-            tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
-            dice = float(2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) > 0 else 0.0
-            iou = float(tp / (tp + fp + fn)) if (tp + fp + fn) > 0 else 0.0
-            return {"dice": dice, "iou": iou}
-        den_d, den_i = 2 * tp + fp + fn, tp + fp + fn
-        both_empty = den_d == 0  # agreement on an empty image scores 1, as per_image_dice_iou
-        dice = torch.where(both_empty, torch.ones_like(tp), 2 * tp / den_d.clamp_min(1))
-        iou = torch.where(both_empty, torch.ones_like(tp), tp / den_i.clamp_min(1))
+            s = confusion_summary(*data.sum(dim=0).tolist())
+            return {"dice": s["dice"], "iou": s["miou"]}
+        # agreement on an empty image scores 1, as per_image_dice_iou
+        scores = [confusion_summary(*row, empty_score=1.0) for row in data.tolist()]
+        dice, iou = (torch.tensor([s[k] for s in scores], dtype=torch.float64, device=data.device) for k in ("dice", "miou"))
         return {"dice": float(dice.mean()), "iou": float(iou.mean())}
 
 
@@ -555,7 +509,6 @@ class SaveMask2Dd(MapTransform):
                 arr = arr[0]
             if arr.ndim != 2:
                 raise ValueError(f"SaveMask2Dd: {key!r} must be a 1 x H x W label map, got shape {tuple(arr.shape)}")
-            self.output_dir.mkdir(parents=True, exist_ok=True)
             write_label_png(self.output_dir / f"{self._case(d, key)}{self.output_postfix}.png", np.rint(arr).astype(np.int64), scale=self.scale)
         return d
 

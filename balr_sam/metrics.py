@@ -97,6 +97,7 @@ __all__ = [
     "SegmentationMetrics",
     "pooled_confusion_dice_iou",
     "per_image_dice_iou",
+    "confusion_summary",
 ]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -640,6 +641,38 @@ except ImportError:  # pragma: no cover
     _IgniteMetric = object  # type: ignore[assignment,misc]
 
 
+def _init_ignite_metric(metric: Any, output_transform: Callable, device: Union[str, torch.device]) -> None:
+    """Ignite's ``Metric.__init__`` for ``metric`` (with ``skip_unrolling=True`` where Ignite has it:
+    lists of items stay as they are); without Ignite, just ``metric._device`` and ``metric.reset()``."""
+    if _IgniteMetric is not object:
+        kwargs: Dict[str, Any] = {"output_transform": output_transform, "device": device}
+        if "skip_unrolling" in inspect.signature(_IgniteMetric.__init__).parameters:
+            kwargs["skip_unrolling"] = True
+        _IgniteMetric.__init__(metric, **kwargs)
+    else:  # pragma: no cover
+        metric._device = torch.device(device)
+        metric.reset()
+
+
+def _gather_rows(rows: Sequence[torch.Tensor], row_shape: Tuple[int, ...], device: Union[str, torch.device]) -> torch.Tensor:
+    """The accumulated per-case rows stacked (``0 x row_shape`` float64 on ``device`` when there
+    are none), concatenated over all ranks in distributed runs."""
+    if rows:
+        data = torch.stack(list(rows))
+    else:
+        data = torch.zeros((0, *row_shape), dtype=torch.float64, device=device)
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from monai.utils import evenly_divisible_all_gather
+
+            data = evenly_divisible_all_gather(data, concat=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return data
+
+
 def _item_labels(x: torch.Tensor) -> torch.Tensor:
     """Channel-first item ``C x *spatial`` -> label map: argmax if C > 1, else the single channel."""
     if x.shape[0] > 1:
@@ -721,14 +754,7 @@ class SegmentationMetrics(_IgniteMetric):  # type: ignore[misc,valid-type]
         self.class_names = dict(class_names) if class_names else {c: str(c) for c in self.classes}
         self.method = method
         self._rows: List[torch.Tensor] = []
-        kwargs: Dict[str, Any] = {"output_transform": output_transform, "device": device}
-        if _IgniteMetric is not object:
-            if "skip_unrolling" in inspect.signature(_IgniteMetric.__init__).parameters:
-                kwargs["skip_unrolling"] = True  # keep lists of items as they are
-            super().__init__(**kwargs)
-        else:  # pragma: no cover
-            self._device = torch.device(device)
-            self.reset()
+        _init_ignite_metric(self, output_transform, device)
 
     # Ignite API -------------------------------------------------------------------------------
 
@@ -764,20 +790,7 @@ class SegmentationMetrics(_IgniteMetric):  # type: ignore[misc,valid-type]
             self._rows.append(raw.to(self._device))
 
     def _gathered(self) -> torch.Tensor:
-        if self._rows:
-            data = torch.stack(self._rows)
-        else:
-            data = torch.zeros((0, len(self.classes), len(RAW_COLUMNS)), dtype=torch.float64, device=self._device)
-        try:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                from monai.utils import evenly_divisible_all_gather
-
-                data = evenly_divisible_all_gather(data, concat=True)
-        except ImportError:  # pragma: no cover
-            pass
-        return data
+        return _gather_rows(self._rows, (len(self.classes), len(RAW_COLUMNS)), self._device)
 
     def aggregate(self, protocol: Optional[str] = None) -> Dict[str, Any]:
         """Summary of all accumulated cases (:func:`summarize_metrics`) under ``protocol``."""
@@ -864,13 +877,26 @@ def pooled_confusion_dice_iou(
         fp += int((pb & ~gb).sum())
         fn += int((~pb & gb).sum())
         tn += int((~pb & ~gb).sum())
+    return confusion_summary(tp, fp, fn, tn)
 
-    def ratio(a: int, b: int) -> float:
+
+def confusion_summary(tp: Any, fp: Any, fn: Any, tn: Any, empty_score: float = 0.0) -> Dict[str, Any]:
+    """Dice, IoU, accuracy, sensitivity and specificity of confusion counts (ints or floats).
+
+    Returns:
+        ``{"dice", "miou", "accuracy", "sensitivity", "specificity", "tp", "fp", "fn", "tn"}`` with
+        ``dice = 2TP / (2TP + FP + FN)``, ``miou = TP / (TP + FP + FN)``; a zero denominator gives
+        0, except that ``dice`` and ``miou`` are ``empty_score`` when prediction and ground truth
+        are both empty (1 for PraNet's per-image scores, 0 for the pooled ISIC protocol).
+    """
+
+    def ratio(a: Any, b: Any) -> float:
         return float(a) / float(b) if b else 0.0
 
+    both_empty = not (2 * tp + fp + fn)
     return {
-        "dice": ratio(2 * tp, 2 * tp + fp + fn),
-        "miou": ratio(tp, tp + fp + fn),
+        "dice": float(empty_score) if both_empty else ratio(2 * tp, 2 * tp + fp + fn),
+        "miou": float(empty_score) if both_empty else ratio(tp, tp + fp + fn),
         "accuracy": ratio(tp + tn, tp + tn + fp + fn),
         "sensitivity": ratio(tp, tp + fn),
         "specificity": ratio(tn, tn + fp),

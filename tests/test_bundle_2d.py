@@ -205,3 +205,27 @@ def test_protocols_on_imperfect_masks_and_failed_cases(job: dict, tmp_path: Path
     reasons = {f["case"]: f["reason"] for f in summary["failed"]}
     assert "no prediction" in reasons[first] and "original size" in reasons[second]
     assert "not evaluated" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_a_corrupt_image_skips_its_overlay_only(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The images are read for the overlays only: a corrupt one loses its overlay, not the report."""
+    rng = np.random.default_rng(0)
+    items = []
+    for k in range(3):
+        for sub in ("img", "msk", "pred"):
+            (tmp_path / sub).mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(tmp_path / "img" / f"c{k}.png")
+        gt = (rng.random((12, 10)) > 0.5).astype(np.uint8)
+        Image.fromarray(gt * 255).save(tmp_path / "msk" / f"c{k}.png")
+        Image.fromarray(np.roll(gt, k, axis=0) * 255).save(tmp_path / "pred" / f"c{k}.png")
+        items.append({"image": f"img/c{k}.png", "label": f"msk/c{k}.png"})
+    (tmp_path / "img" / "c0.png").write_bytes(b"not a png")
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"format": "image2d", "label_set": "polyp", "name": "tiny", "test": items}))
+    summary = evaluate_2d_predictions(datalist, "test", tmp_path / "pred", tmp_path / "report", num_overlays=1)
+    assert summary["num_images"] == 3 and summary["num_failed"] == 0
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["dice"] == summary["dice"]
+    worst = min(summary["cases"], key=lambda c: c["dice"])["case"]  # c0 (a perfect mask) is the best
+    assert worst != "c0" and [p.name for p in (tmp_path / "report" / "overlays").glob("*.png")] == [f"worst_1_{worst}.png"]
+    err = capsys.readouterr().err
+    assert "overlay of case c0 skipped" in err and "c0.png: cannot be read as an image" in err
