@@ -20,7 +20,7 @@ from torch import nn
 from balr_sam.networks.balr_sam import BALRSAM
 from balr_sam.networks.lowrank_attention import LowRankTensorAttention
 
-__all__ = ["parameter_report", "AttentionMemory", "measure_attention_memory", "decoder_memory_comparison"]
+__all__ = ["parameter_report", "AttentionMemory", "measure_attention_memory", "decoder_inputs", "decoder_attention_memory", "decoder_memory_comparison"]
 
 
 def _count(params: Any) -> int:
@@ -122,11 +122,45 @@ def measure_attention_memory(model: nn.Module, run: Callable[[], Any], attention
     return AttentionMemory(qkv_bytes=state["qkv"], saved_bytes=state["saved"], calls=state["calls"])
 
 
+def decoder_inputs(model: BALRSAM, batch: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random decoder input of :func:`decoder_memory_comparison` for ``model``.
+
+    Returns ``(image_embedding, image_pe, dense)`` of shapes ``(batch, C, S/16, S/16)``,
+    ``(1, C, S/16, S/16)`` and ``(1, C, 1, 1)``, drawn from a CPU generator seeded with 0 and
+    moved to the decoder's device.
+    """
+    dim, grid = model.mask_decoder.transformer_dim, model.img_size // 16
+    device = next(model.mask_decoder.parameters()).device
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    embedding = torch.randn(batch, dim, grid, grid, generator=generator).to(device)
+    image_pe = torch.randn(1, dim, grid, grid, generator=generator).to(device)
+    dense = torch.randn(1, dim, 1, 1, generator=generator).to(device)
+    return embedding, image_pe, dense
+
+
+def decoder_attention_memory(model: BALRSAM, batch: int = 1) -> AttentionMemory:
+    """Attention memory of ``model``'s decoder on :func:`decoder_inputs` (one forward, ``batch`` images).
+
+    The decoder's parameters are made trainable for the count and restored afterwards.
+    """
+    embedding, image_pe, dense = decoder_inputs(model, batch)
+    with torch.enable_grad():
+        requires = [p.requires_grad for p in model.mask_decoder.parameters()]
+        for p in model.mask_decoder.parameters():
+            p.requires_grad_(True)
+        try:
+            return measure_attention_memory(model.mask_decoder, lambda: model.mask_decoder(embedding, image_pe, dense))
+        finally:
+            for p, r in zip(model.mask_decoder.parameters(), requires):
+                p.requires_grad_(r)
+
+
 def decoder_memory_comparison(model: BALRSAM, batch: int = 1) -> Dict[str, Any]:
     """Decoder attention memory of ``model`` against SAM's decoder on the same input.
 
     SAM's decoder is built with the same width and as many mask tokens as ``model`` has classes
-    (what SAMed does), and both decode the same random image embedding of the model's size.
+    (what SAMed does), and both decode the same random image embedding of the model's size
+    (:func:`decoder_inputs`).
 
     Returns:
         ``{"input": {...}, "sam": AttentionMemory dict, "balr_sam": ..., "ratio_saved",
@@ -142,10 +176,7 @@ def decoder_memory_comparison(model: BALRSAM, batch: int = 1) -> Dict[str, Any]:
         transformer=TwoWayTransformer(depth=transformer.depth, embedding_dim=spec_dim, mlp_dim=transformer.layers[0].mlp.lin1.out_features, num_heads=transformer.layers[0].self_attn.num_heads),
         num_multimask_outputs=model.num_classes - 1,
     ).to(device)
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    embedding = torch.randn(batch, spec_dim, grid, grid, generator=generator).to(device)
-    image_pe = torch.randn(1, spec_dim, grid, grid, generator=generator).to(device)
-    dense = torch.randn(1, spec_dim, 1, 1, generator=generator).to(device)
+    embedding, image_pe, dense = decoder_inputs(model, batch)
     sparse = torch.zeros(1, 0, spec_dim, device=device)
 
     def run_sam() -> Any:
@@ -158,14 +189,7 @@ def decoder_memory_comparison(model: BALRSAM, batch: int = 1) -> Dict[str, Any]:
         for p in sam_decoder.parameters():
             p.requires_grad_(True)
         sam_mem = measure_attention_memory(sam_decoder, run_sam)
-        requires = [p.requires_grad for p in model.mask_decoder.parameters()]
-        for p in model.mask_decoder.parameters():
-            p.requires_grad_(True)
-        try:
-            ours = measure_attention_memory(model.mask_decoder, lambda: model.mask_decoder(embedding, image_pe, dense))
-        finally:
-            for p, r in zip(model.mask_decoder.parameters(), requires):
-                p.requires_grad_(r)
+    ours = decoder_attention_memory(model, batch)
     return {
         "input": {"batch": batch, "img_size": model.img_size, "embedding": [batch, spec_dim, grid, grid], "tokens": model.num_classes + 1},
         "sam": sam_mem.to_dict(),
