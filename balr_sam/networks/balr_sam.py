@@ -171,8 +171,7 @@ class BALRSAM(nn.Module):
         so call it after the trained weights are loaded.
         """
         self.eval()
-        if not self.adapters_merged:
-            self.merge_adapters()
+        self.merge_adapters()
         if self.cden is not None:
             self.cden.fuse_batch_norms()
 

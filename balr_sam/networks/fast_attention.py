@@ -65,7 +65,7 @@ class SDPAAttention(Attention):
 def _swap(encoder: nn.Module, cls: type) -> int:
     count = 0
     for module in encoder.modules():
-        if isinstance(module, Attention) and type(module) is not cls and type(module) in (Attention, SDPAAttention):
+        if type(module) is not cls and type(module) in (Attention, SDPAAttention):
             module.__class__ = cls
             count += 1
     return count
