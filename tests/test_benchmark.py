@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,10 @@ import torch
 
 from balr_sam.benchmark import TABLE_COLUMNS, TRAIN_CONFIGS, QVLoRA, build_config, format_table, trainable_parameters
 from balr_sam.cli import main
+
+
+def _reject_non_finite(token: str) -> None:
+    raise ValueError(f"not strict JSON: {token}")
 
 
 def test_configurations_trainable_sets() -> None:
@@ -25,9 +30,14 @@ def test_configurations_trainable_sets() -> None:
         else:
             assert p.requires_grad, name
     assert trainable_parameters(balr) < trainable_parameters(full)
+    unadapted = copy.deepcopy(samed)
+    for block in unadapted.image_encoder.blocks:
+        block.attn.qkv = block.attn.qkv.base
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():  # zero-initialised LoRA: SAMed computes the un-adapted function
-        assert samed(x).shape == (1, 3, 64, 64)
+        out = samed(x)
+        assert out.shape == (1, 3, 64, 64)
+        assert torch.equal(out, unadapted(x))
 
 
 def test_benchmark_smallest_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -41,8 +51,7 @@ def test_benchmark_smallest_settings(tmp_path: Path, capsys: pytest.CaptureFixtu
     for row in ("trainable parameters", "training step", "peak training memory", "decoder attention memory", "inference throughput", "end to end", "smaller than 512x512x150"):
         assert row in table
     assert "| target | value | status |" in table
-    result = json.loads(out.read_text())
-    assert result == json.loads(json.dumps(result))
+    result = json.loads(out.read_text(), parse_constant=_reject_non_finite)  # strict JSON: no NaN/Infinity
     assert format_table(result) in table
     figures, ratios = result["figures"], result["ratios"]
     for metric in ("trainable_parameters", "train_step_seconds", "peak_train_memory_bytes", "decoder_attention_bytes", "inference_slices_per_second", "volume_seconds"):
