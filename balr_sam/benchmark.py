@@ -535,12 +535,12 @@ def run_benchmark(
     if threads:
         torch.set_num_threads(threads)
     if compile:
-        import torch._dynamo
+        import torch._dynamo as dynamo  # "as": a plain "import torch._dynamo" would make torch local to this function
 
         # six models share SAM's forward code; TorchDynamo's default of 8 cached graphs per code
         # object runs out and the later models silently fall back to eager
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 1024)
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+        dynamo.config.accumulated_cache_size_limit = max(dynamo.config.accumulated_cache_size_limit, 1024)
     args: Dict[str, Any] = {
         "device": device,
         "variant": variant,

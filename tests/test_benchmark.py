@@ -43,7 +43,8 @@ def test_configurations_trainable_sets() -> None:
 def test_benchmark_smallest_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
     argv = ["benchmark", "--variant", "vit_t", "--img-size", "32", "--batch", "1", "--num-classes", "3", "--warmup", "0", "--steps", "1",
-            "--infer-iters", "1", "--volume-shape", "16", "16", "2", "--batch-cases", "2", "--memory-steps", "1", "--json", str(out)]
+            "--infer-iters", "1", "--volume-shape", "16", "16", "2", "--batch-cases", "2", "--memory-steps", "1", "--json", str(out),
+            "--threads", str(torch.get_num_threads())]  # the current count: exercises the option, changes nothing
     assert main(argv) == 0
     table = capsys.readouterr().out
     header = "| " + " | ".join(TABLE_COLUMNS) + " |"
