@@ -25,7 +25,9 @@ def test_shortened_demo_learns_and_writes_every_output(tmp_path: Path) -> None:
     assert result["mean_dice"] == summary["mean"]["dice"]
     assert result["mean_dice"] >= 0.3, result["mean_dice"]  # untrained: 0
     assert list(Path(paths["overlays"]).glob("*.png"))
-    for prediction in Path(paths["predictions"]).glob("*.nii.gz"):
+    predictions = sorted(Path(paths["predictions"]).glob("*.nii.gz"))
+    assert len(predictions) == summary["num_cases"]
+    for prediction in predictions:
         source = nib.load(out / "test_images" / prediction.name)
         assert nib.load(prediction).shape == source.shape
     assert json.loads((out / "demo_result.json").read_text())["paths"] == paths
