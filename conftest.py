@@ -3,8 +3,9 @@ Label environment). pytest loads this file for either, since it sits at the root
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from balr_sam.data.datalists import prepare_synapse
 from balr_sam.data.shared import SHARED_DATA_ENV, shared_data_dir
 from balr_sam.data.synthetic import generate_ct_dataset
 from balr_sam.networks.variants import build_sam
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
@@ -23,10 +25,12 @@ def shared_data() -> Path:
     return path
 
 
-def _tiny_synapse(root: Path, cases: int, held_out: float) -> Tuple[Path, Path]:
+def _tiny_synapse(root: Path, cases: int, held_out: float, *, seed: int = 3, val_fraction: Optional[float] = None,
+                  test_fraction: Optional[float] = None, shape: Tuple[int, int, int] = (48, 48, 8)) -> Tuple[Path, Path]:
     data = root / "synapse"
-    generate_ct_dataset(data, cases=cases, seed=3, shape=(48, 48, 8))
-    prepare_synapse(data, data / "datalist.json", test_fraction=held_out, val_fraction=held_out, seed=0)
+    generate_ct_dataset(data, cases=cases, seed=seed, shape=shape)
+    prepare_synapse(data, data / "datalist.json", test_fraction=held_out if test_fraction is None else test_fraction,
+                    val_fraction=held_out if val_fraction is None else val_fraction, seed=0)
     torch.manual_seed(0)
     sam = root / "sam_vit_t.pth"
     torch.save(build_sam("vit_t").state_dict(), sam)
@@ -34,8 +38,22 @@ def _tiny_synapse(root: Path, cases: int, held_out: float) -> Tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_synapse() -> Callable[[Path, int, float], Tuple[Path, Path]]:
-    """Writes, under ``root``, ``synapse/`` (``cases`` 48 x 48 x 8 synthetic CT phantoms and a
-    ``datalist.json`` holding out the fraction ``held_out`` for validation and as much for test)
-    and ``sam_vit_t.pth`` (a random ``vit_t`` SAM in the official format); returns both paths."""
+def tiny_synapse() -> Callable[..., Tuple[Path, Path]]:
+    """Writes, under ``root``, ``synapse/`` (``cases`` synthetic CT phantoms of ``shape``, 48 x 48 x 8 by
+    default, drawn with ``seed``, and a ``datalist.json`` holding out the fraction ``held_out`` for
+    validation and as much for test, unless ``val_fraction`` / ``test_fraction`` say otherwise) and
+    ``sam_vit_t.pth`` (a random ``vit_t`` SAM in the official format, always the same weights);
+    returns both paths."""
     return _tiny_synapse
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A function returning a TCP port on 127.0.0.1 that is free when called."""
+    return _free_port

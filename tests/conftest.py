@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import pytest
-from _tiny_bundle import train_tiny
+from _tiny_bundle import tiny_infer_args, train_tiny
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[[Path, int, float], Tuple[Path, Path]]) -> Dict[str, str]:
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[..., Tuple[Path, Path]]) -> Dict[str, str]:
     root = tmp_path_factory.mktemp("tiny_bundle")
     data, sam = tiny_synapse(root, 5, 0.2)
     return {"root": str(root), "dataset_dir": str(data), "sam": str(sam)}
@@ -22,3 +22,9 @@ def tiny_trained(tiny_dataset: Dict[str, str]) -> Path:
     bundle_root = Path(tiny_dataset["root"]) / "run"
     train_tiny(tiny_dataset, bundle_root)
     return bundle_root
+
+
+@pytest.fixture(scope="module")
+def infer_args(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> List[str]:
+    """``balr-sam infer`` options for the tiny trained bundle (:func:`_tiny_bundle.tiny_infer_args`), on the config's default device."""
+    return tiny_infer_args(tiny_dataset, tiny_trained, tmp_path_factory.mktemp("cfg"))

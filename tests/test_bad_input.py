@@ -44,7 +44,6 @@ import pytest
 import torch
 from PIL import Image
 
-from _tiny_bundle import tiny_infer_args
 from balr_sam.cli import main
 from balr_sam.data.io import read_image_2d, read_mask_2d, read_volume, read_volume_header
 from balr_sam.data.testing import affine_for, write_dicom_series, write_nifti, write_png
@@ -616,8 +615,9 @@ def test_evaluate_empty_folders_are_one_line(tmp_path: Path, capsys: pytest.Capt
 
 
 @pytest.fixture(scope="module")
-def infer_args(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> List[str]:
-    return tiny_infer_args(tiny_dataset, tiny_trained, tmp_path_factory.mktemp("cfg")) + ["--device", "cpu"]
+def infer_args(infer_args: List[str]) -> List[str]:
+    """The suite's ``infer_args`` (tests/conftest.py), on the CPU."""
+    return [*infer_args, "--device", "cpu"]
 
 
 def test_infer_keeps_going_past_bad_cases(tmp_path: Path, capsys: pytest.CaptureFixture, infer_args: List[str]) -> None:

@@ -28,7 +28,6 @@ from balr_sam.data.io import read_image_2d_size, read_mask_2d
 from balr_sam.errors import DataError
 from balr_sam.evaluation2d import BinaryProtocolMetrics, evaluate_2d_predictions, main as evaluation2d_main
 from balr_sam.metrics import per_image_dice_iou, pooled_confusion_dice_iou
-from balr_sam.networks.variants import build_sam
 
 EVALUATE = str(CONFIGS / "evaluate.json")
 TINY_2D = {"variant": "vit_t", "img_size": 64, "batch_size": 2, "num_workers": 0}
@@ -84,17 +83,10 @@ def _check_protocol(summary: dict, job: str, items: list, preds: Dict[str, np.nd
         assert summary["iou"] == pytest.approx(ref["mean_iou"], abs=1e-12)
 
 
-@pytest.fixture(scope="module")
-def sam_base(tmp_path_factory: pytest.TempPathFactory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("sam") / "sam_vit_t.pth"
-    torch.save(build_sam("vit_t").state_dict(), path)
-    return str(path)
-
-
 @pytest.fixture(scope="module", params=sorted(JOBS))
-def job(request: pytest.FixtureRequest, shared_data: Path, sam_base: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A 2D job trained for 2 epochs of 2 iterations and evaluated through the bundle."""
+def job(request: pytest.FixtureRequest, shared_data: Path, tiny_dataset: Dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 2D job trained for 2 epochs of 2 iterations and evaluated through the bundle (SAM base: the session's random ``vit_t``)."""
+    sam_base = tiny_dataset["sam"]
     name, spec = request.param, JOBS[request.param]
     root = tmp_path_factory.mktemp(name)
     datalist = prepare_images2d(shared_data / spec["folder"], None, mask_suffix=spec["mask_suffix"], label_set=spec["label_set"], seed=0)

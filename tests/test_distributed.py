@@ -7,32 +7,23 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, Tuple
 
 import pytest
 import torch
 
-from _tiny_bundle import DEMO, META, TINY, TRAIN, copy_tiny_cases, tiny_infer_args
-from balr_sam.data.datalists import prepare_synapse
-from balr_sam.data.synthetic import generate_ct_dataset
+from _tiny_bundle import DEMO, TRAIN, copy_tiny_cases, tiny_infer_args, tiny_settings, training_argv
 
 MULTI = str(Path(TRAIN).with_name("multi_gpu_train.json"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _torchrun(args: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """torchrun with 2 local processes; on a hang the whole process group is killed (no orphan ranks)."""
+def _torchrun(args: list, cwd: Path, port: int, timeout: int = 600) -> subprocess.CompletedProcess:
+    """torchrun with 2 local processes (rendezvous on 127.0.0.1:``port``); on a hang the whole process group is killed (no orphan ranks)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+               "--master_addr", "127.0.0.1", "--master_port", str(port), *args]
     proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -44,16 +35,14 @@ def _torchrun(args: list, cwd: Path, timeout: int = 600) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def ddp_dataset(tiny_dataset: Dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+def ddp_dataset(tiny_synapse: Callable[..., Tuple[Path, Path]], tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
     """Four training and two validation volumes, so that each of the two ranks gets some of both."""
-    data = tmp_path_factory.mktemp("ddp") / "synapse"
-    generate_ct_dataset(data, cases=7, seed=5, shape=(48, 48, 8))
-    prepare_synapse(data, data / "datalist.json", test_fraction=0.15, val_fraction=0.3, seed=0)
-    return {**tiny_dataset, "dataset_dir": str(data)}
+    root = tmp_path_factory.mktemp("ddp")
+    data, sam = tiny_synapse(root, 7, 0.15, val_fraction=0.3, seed=5)
+    return {"root": str(root), "dataset_dir": str(data), "sam": str(sam)}
 
 
-def test_two_process_training_keeps_ranks_identical_and_writes_one_checkpoint(ddp_dataset: Dict[str, str], tmp_path: Path) -> None:
-    tiny_dataset = ddp_dataset
+def test_two_process_training_keeps_ranks_identical_and_writes_one_checkpoint(ddp_dataset: Dict[str, str], free_port: Callable[[], int], tmp_path: Path) -> None:
     # a test-only override that also saves each rank's trainable weights at the end
     dump = tmp_path / "dump.json"
     dump.write_text(json.dumps({"finalize": [
@@ -61,11 +50,7 @@ def test_two_process_training_keeps_ranks_identical_and_writes_one_checkpoint(dd
         "$dist.destroy_process_group()",
     ]}))
     root = tmp_path / "run"
-    settings = {**TINY, "dataset_dir": tiny_dataset["dataset_dir"], "sam_checkpoint": tiny_dataset["sam"], "bundle_root": str(root), "max_epochs": 2, "val_interval": 1}
-    args = ["-m", "monai.bundle", "run", "training", "--config_file", f"['{TRAIN}','{DEMO}','{MULTI}','{dump}']", "--meta_file", META]
-    for key, value in settings.items():
-        args += [f"--{key}", str(value)]
-    result = _torchrun(args, cwd=tmp_path)
+    result = _torchrun(training_argv([TRAIN, DEMO, MULTI, dump], tiny_settings(ddp_dataset, root)), tmp_path, free_port())
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(root / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0.keys() == rank1.keys()
@@ -82,10 +67,10 @@ def test_two_process_training_keeps_ranks_identical_and_writes_one_checkpoint(dd
     assert len(re.findall(r"Epoch\[1\] Metrics -- .*val_mean_dice", result.stdout + result.stderr)) == 1
 
 
-def test_two_process_inference_writes_every_case_once(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path: Path) -> None:
+def test_two_process_inference_writes_every_case_once(tiny_dataset: Dict[str, str], tiny_trained: Path, free_port: Callable[[], int], tmp_path: Path) -> None:
     inputs = copy_tiny_cases(tiny_dataset, tmp_path / "in", 5)
     out = tmp_path / "out"
-    result = _torchrun(["-m", "balr_sam", "infer", str(inputs), str(out), *tiny_infer_args(tiny_dataset, tiny_trained, tmp_path)], cwd=tmp_path)
+    result = _torchrun(["-m", "balr_sam", "infer", str(inputs), str(out), *tiny_infer_args(tiny_dataset, tiny_trained, tmp_path)], tmp_path, free_port())
     assert result.returncode == 0, result.stderr[-3000:]
     counts = re.findall(r"rank (\d) of 2\): (\d+) written, (\d+) skipped, (\d+) failed", result.stdout)
     assert sorted(int(r) for r, *_ in counts) == [0, 1]

@@ -18,15 +18,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from _tiny_bundle import copy_tiny_cases, tiny_infer_args
+from _tiny_bundle import copy_tiny_cases
 from balr_sam.cli import main
 from balr_sam.errors import DataError
 from balr_sam.inference import CaseLock, find_inputs, split_for_rank
-
-
-@pytest.fixture(scope="module")
-def infer_args(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> List[str]:
-    return tiny_infer_args(tiny_dataset, tiny_trained, tmp_path_factory.mktemp("cfg"))
 
 
 def test_find_inputs_lists_volumes_images_and_dicom_series(tmp_path: Path, shared_data: Path) -> None:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -22,9 +22,7 @@ import torch
 from ignite.engine import Engine
 
 from _faults import PARTIAL, CodeExecutingPickle
-from _tiny_bundle import DEMO, META, TINY, TRAIN
-from balr_sam.data.datalists import prepare_synapse
-from balr_sam.data.synthetic import generate_ct_dataset
+from _tiny_bundle import DEMO, TRAIN, tiny_settings, training_argv
 from balr_sam.engine import AtomicCheckpointSaver, RandomStates, ResumeFromCheckpoint, latest_checkpoint, seed_everything
 
 TESTS = Path(__file__).resolve().parent
@@ -33,13 +31,12 @@ CHECKPOINT = re.compile(r"^train_checkpoint_(\d+)\.pt$")
 
 
 @pytest.fixture(scope="module")
-def fault_data(tiny_dataset: Dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+def fault_data(tiny_synapse: Callable[..., Tuple[Path, Path]], tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
     """Four training volumes (one iteration each), one validation and one test volume."""
-    data = tmp_path_factory.mktemp("faults") / "synapse"
-    generate_ct_dataset(data, cases=6, seed=3, shape=(48, 48, 8))
-    prepare_synapse(data, data / "datalist.json", test_fraction=0.15, val_fraction=0.15, seed=0)
+    root = tmp_path_factory.mktemp("faults")
+    data, sam = tiny_synapse(root, 6, 0.15)
     assert len(json.loads((data / "datalist.json").read_text())["training"]) == EPOCH
-    return {**tiny_dataset, "dataset_dir": str(data)}
+    return {"root": str(root), "dataset_dir": str(data), "sam": str(sam)}
 
 
 def _env() -> Dict[str, str]:
@@ -51,16 +48,8 @@ def _env() -> Dict[str, str]:
 def _training_command(data: Dict[str, str], bundle_root: Path, extra_configs: Sequence[str] = (), **overrides: object) -> List[str]:
     """``python -m monai.bundle run training`` at the tiny settings; adapter dropout on, so that the
     network itself draws random numbers and the resumed random states matter."""
-    settings = {
-        **TINY, "batch_size": 1, "dataset_dir": data["dataset_dir"], "sam_checkpoint": data["sam"], "bundle_root": str(bundle_root),
-        "max_epochs": 2, "val_interval": 1, "network_def#adapter_dropout": 0.1,
-    }
-    settings.update(overrides)
-    configs = ",".join(f"'{c}'" for c in [TRAIN, DEMO, *extra_configs])
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", f"[{configs}]", "--meta_file", META]
-    for key, value in settings.items():
-        command += [f"--{key}", str(value)]
-    return command
+    settings = tiny_settings(data, bundle_root, **{"batch_size": 1, "network_def#adapter_dropout": 0.1, **overrides})
+    return [sys.executable, *training_argv([TRAIN, DEMO, *extra_configs], settings)]
 
 
 def _train(data: Dict[str, str], bundle_root: Path, extra_configs: Sequence[str] = (), check: bool = True, **overrides: object) -> subprocess.CompletedProcess:

@@ -213,10 +213,7 @@ def test_fixed_batch_pads_the_last_slab_and_keeps_the_labels(tmp_path: Path) -> 
 @pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_bundle_writes_the_same_labels(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path: Path) -> None:
     """``balr-sam infer --compile`` (torch.compile) against eager on two cases of the trained tiny model."""
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for source in sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))[:2]:
-        shutil.copy(source, inputs / source.name)
+    inputs = copy_tiny_cases(tiny_dataset, tmp_path / "in", 2)
     options = tiny_infer_args(tiny_dataset, tiny_trained, tmp_path, sw_batch_size=8)
     outputs = {}
     for flags in ([], ["--compile"]):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -48,12 +47,6 @@ START_TIMEOUT = 180  # seconds for the server to answer /info/
 TRAIN_TIMEOUT = 300  # seconds for one training epoch through /train/
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -64,7 +57,7 @@ def _log_tail(path: Path, lines: int = 60) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[[Path, int, float], Tuple[Path, Path]]) -> Dict[str, Path]:
+def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[..., Tuple[Path, Path]]) -> Dict[str, Path]:
     """Tiny trained model deployed into a fresh monaibundle app, and a datastore for it."""
     root = tmp_path_factory.mktemp("monailabel")
     data, sam = tiny_synapse(root, 4, 0.25)
@@ -99,11 +92,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[
 
 
 @pytest.fixture(scope="module")
-def server(deployment: Dict[str, Path]) -> Iterator[str]:
+def server(deployment: Dict[str, Path], free_port: Callable[[], int]) -> Iterator[str]:
     """``monailabel start_server`` on 127.0.0.1 with the deployed bundle; yields its base URL."""
     import psutil
 
-    port = _free_port()
+    port = free_port()
     log = deployment["root"] / "server.log"
     # what the `monailabel` launcher script runs (it takes `python` from PATH, so not used here)
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(deployment["app"]), "--studies", str(deployment["studies"]),
