@@ -54,7 +54,7 @@ import torch
 
 from balr_sam.atomic import atomic_write, atomic_write_text
 from balr_sam.data.io import check_readable_file, list_folder, load_nifti, nifti_affine
-from balr_sam.errors import BalrSamError, DataError
+from balr_sam.errors import BalrSamError, DataError, first_line
 from balr_sam.labels import LabelSet, get_label_set, remap_labels
 from balr_sam.metrics import (
     METRIC_COLUMNS,
@@ -217,10 +217,6 @@ def _squeeze_nifti(path: Path, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
-
 
 def _load_nifti(path: Path) -> Tuple[np.ndarray, Any]:
     """``(voxels, nibabel image)``; the geometry is checked by the caller, who knows the dimensionality."""
@@ -228,7 +224,7 @@ def _load_nifti(path: Path) -> Tuple[np.ndarray, Any]:
     try:
         arr = np.asanyarray(img.dataobj)
     except Exception as err:  # truncated gzip, short file: nibabel raises many types
-        raise DataError(f"{path}: voxel data is unreadable or truncated ({_one_line(err)})") from None
+        raise DataError(f"{path}: voxel data is unreadable or truncated ({first_line(err, with_type=True)})") from None
     return arr, img
 
 
@@ -242,7 +238,7 @@ def _load_raster(path: Path) -> np.ndarray:
                 im = im.convert(im.mode[:-1])
             arr = np.asarray(im)
     except Exception as err:
-        raise DataError(f"{path}: cannot read image file ({_one_line(err)})") from None
+        raise DataError(f"{path}: cannot read image file ({first_line(err, with_type=True)})") from None
     return arr
 
 
@@ -309,8 +305,8 @@ def read_label_file(path: Union[str, Path], label_set: LabelSet, label_map: str 
             )
         data = arr.astype(np.uint8)
     else:
-        source_max = (getattr(label_set, "source_max", None) or {}).get(label_map)
-        if source_max is not None and arr.size and int(arr.max()) > int(source_max):
+        source_max = label_set.max_source_value(label_map)
+        if arr.size and int(arr.max()) > source_max:
             raise DataError(
                 f"{path}: label value {int(arr.max())} is outside the {label_map!r} numbering (max {source_max})"
             )

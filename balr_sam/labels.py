@@ -1,8 +1,10 @@
-"""Label sets of the product and maps from source numberings, read from ``resources/label_maps.json``.
+"""Label sets of the product and maps from source numberings: the one reader of ``resources/label_maps.json``.
 
 The Synapse set uses TransUNet's preprocessed ids (1 spleen, 2 right kidney, 3 left kidney,
 4 gallbladder, 5 liver, 6 stomach, 7 aorta, 8 pancreas); ``maps`` convert raw BTCV and
-TotalSegmentator "total" label maps to those ids, every unlisted value becoming background.
+TotalSegmentator "total" label maps to those ids, every unlisted value becoming background;
+``source_max`` is the largest value each source numbering defines (BTCV 13 organs,
+TotalSegmentator v2 "total" 117 classes), above which a strict reader refuses a label file.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class LabelSet:
         display_names: id -> name printed in reports (foreground classes only).
         report_order: foreground ids in the column order of published tables.
         maps: source numbering name -> {source value: product id}.
+        source_max: source numbering name -> the largest value it defines (where the JSON says).
+        source_labels: source numbering name -> {value name: value} (where the JSON names them).
     """
 
     name: str
@@ -35,6 +39,8 @@ class LabelSet:
     display_names: Mapping[int, str]
     report_order: List[int]
     maps: Mapping[str, Mapping[int, int]]
+    source_max: Mapping[str, int]
+    source_labels: Mapping[str, Mapping[str, int]]
 
     @property
     def num_classes(self) -> int:
@@ -64,6 +70,26 @@ class LabelSet:
         """
         return max(self.maps.get(source, {}), default=0) + 1
 
+    def max_source_value(self, source: str) -> int:
+        """Largest label value the numbering ``source`` defines (``source_max``, else the map's largest).
+
+        Raises:
+            KeyError: the set has no map ``source``.
+        """
+        if source not in self.maps:
+            raise KeyError(f"label set {self.name!r} has no map {source!r}; known: {sorted(self.maps)}")
+        return int(self.source_max.get(source, max(self.maps[source], default=0)))
+
+    def source_ids(self, source: str) -> Dict[str, int]:
+        """``{name: value}`` of a source numbering, e.g. ``get_label_set("synapse").source_ids("btcv")["liver"] == 6``.
+
+        Raises:
+            KeyError: the JSON names no values for that source.
+        """
+        if source not in self.source_labels:
+            raise KeyError(f"no value names for source {source!r} of label set {self.name!r}")
+        return dict(self.source_labels[source])
+
 
 @lru_cache(maxsize=None)
 def _raw() -> Dict[str, dict]:
@@ -89,6 +115,8 @@ def get_label_set(name: str) -> LabelSet:
         display_names={int(k): v for k, v in entry["display_names"].items()},
         report_order=[int(i) for i in entry["report_order"]],
         maps={m: {int(k): int(v) for k, v in table.items()} for m, table in entry["maps"].items()},
+        source_max={m: int(v) for m, v in entry.get("source_max", {}).items()},
+        source_labels={m: {name: int(v) for v, name in table.items()} for m, table in entry.get("source_labels", {}).items()},
     )
 
 

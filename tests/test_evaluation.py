@@ -338,3 +338,26 @@ def test_real_ct_with_totalsegmentator_labels(tmp_path, shared_data):
             assert e["dice"] == 0.0 and e["hd95_mm"] is None
     assert (syn == 4).any() and res.summary["per_class"]["4"]["dice"] == 0.0  # gallbladder removed
     assert res.summary["per_class"]["4"]["n_hd95_nan"] == 1
+
+
+@pytest.mark.parametrize("label_map, top, valid", [("btcv", 14, 13), ("totalseg", 118, 117)])
+def test_source_numbering_refuses_values_outside_it(tmp_path, label_map, top, valid, capsys):
+    """``--label-map btcv`` accepts BTCV's 13 organ values and refuses 14 (one past its numbering)."""
+    good = np.zeros((6, 5, 4), np.uint8)
+    good[1:3, 1:3, 1:3] = valid  # the largest value the numbering defines: read, mapped to background or an organ
+    _save(tmp_path / "good.nii.gz", good)
+    assert read_label_file(tmp_path / "good.nii.gz", SYN, label_map).data.shape == good.shape
+    bad = good.copy()
+    bad[0, 0, 0] = top
+    _save(tmp_path / "bad.nii.gz", bad)
+    with pytest.raises(DataError, match=rf"bad.nii.gz: label value {top} is outside the '{label_map}' numbering \(max {valid}\)"):
+        read_label_file(tmp_path / "bad.nii.gz", SYN, label_map)
+    # the command says the same in one line
+    for name in ("pred", "label"):
+        (tmp_path / name).mkdir()
+    _save(tmp_path / "pred" / "case0000.nii.gz", np.zeros_like(good))
+    _save(tmp_path / "label" / "case0000.nii.gz", bad)
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--label", str(tmp_path / "label"), "--label-map", label_map,
+                 "--output", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code != 0 and f"label value {top} is outside the '{label_map}' numbering" in err

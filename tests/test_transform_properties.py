@@ -28,7 +28,7 @@ from monai.transforms import AsDiscreted, Compose, Invertd
 from PIL import Image
 
 from balr_sam.data.io import align_to_reference, read_image_2d, read_image_2d_size, read_mask_2d, read_volume, read_volume_header
-from balr_sam.data.labelmaps import label_source_max
+from balr_sam.labels import get_label_set
 from balr_sam.data.testing import write_nifti
 from balr_sam.data.transforms import MapLabelsd, ct_inference_preprocessing
 from balr_sam.errors import DataError
@@ -128,7 +128,7 @@ def test_align_to_reference_round_trip(shape, geometry, stored, channels: int, s
 @settings(max_examples=50, deadline=None)
 @given(source=st.sampled_from(["btcv", "totalseg", "identity"]), data=st.data())
 def test_label_mapping_preserves_voxel_counts(source: str, data) -> None:
-    top = label_source_max("synapse", source)
+    top = get_label_set("synapse").max_source_value(source)
     label = data.draw(arrays(np.int64, st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)),
                              elements=st.integers(0, top)))
     mapping = get_label_set("synapse").maps[source]

@@ -43,9 +43,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from balr_sam.data.labelmaps import source_label_ids
 from balr_sam.data.splits import ISIC2017_FOLDERS, POLYP_TEST_SETS, fraction_split
 from balr_sam.errors import DataError
+from balr_sam.labels import get_label_set
+from balr_sam.types import PathLike
 
 __all__ = [
     "CT_ORIENTATIONS",
@@ -57,7 +58,6 @@ __all__ = [
     "make_polyp_image",
 ]
 
-PathLike = Union[str, Path]
 
 #: Storage orientations the CT phantoms cycle through (case 1 RAS, 2 LPS, 3 LAS, 4 RAS...).
 CT_ORIENTATIONS: Tuple[str, ...] = ("RAS", "LPS", "LAS")
@@ -154,7 +154,7 @@ def make_ct_phantom(
     v = ((np.arange(ny) + 0.5) / ny * 2 - 1)[None, :, None]
     w = ((np.arange(nz) + 0.5) / nz * 2 - 1)[None, None, :]
     full = (nx, ny, nz)
-    btcv = source_label_ids("synapse", "btcv")
+    btcv = get_label_set("synapse").source_ids("btcv")
 
     scale = rng.uniform(0.92, 1.04)
     ax, ay = 0.86 * scale * (1 + 0.03 * w), 0.62 * scale * (1 + 0.03 * w)

@@ -49,7 +49,6 @@ from monai.transforms import (
 from monai.transforms.traits import MultiSampleTrait
 from monai.utils import convert_to_dst_type
 
-from balr_sam.data.labelmaps import label_source_max
 from balr_sam.data.io import VolumeReader, align_to_reference, read_array, read_image_2d, read_mask_2d
 from balr_sam.errors import DataError, find_error
 from balr_sam.labels import get_label_set
@@ -70,7 +69,6 @@ __all__ = [
     "find_data_error",
     "image2d_inference_preprocessing",
     "image2d_train_transforms",
-    "label_source_max",
     "synapse_h5_preprocessing",
     "synapse_npz_train_transforms",
     "transforms_for_datalist",
@@ -333,7 +331,7 @@ def check_label_values(label: np.ndarray, label_set: str, source: str, path: str
         arr = rounded
     if arr.size == 0:
         return arr.astype(np.int64)
-    limit = label_source_max(label_set, source)
+    limit = get_label_set(label_set).max_source_value(source)
     # range check before the int64 cast: a float such as 1e30 would wrap to a meaningless integer
     outside = (arr < 0) | (arr > limit)
     if outside.any():
