@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Type, TypeVar
 
-__all__ = ["BalrSamError", "CheckpointError", "DataError", "find_error"]
+__all__ = ["BalrSamError", "CheckpointError", "DataError", "find_error", "first_line"]
 
 
 class BalrSamError(Exception):
@@ -39,3 +39,18 @@ def find_error(exc: Optional[BaseException], kind: Type[E] = BalrSamError) -> Op
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def first_line(err: BaseException, *, with_type: bool = False, limit: int = 300) -> str:
+    """The one line of ``err`` a user is shown: its first non-blank line, at most ``limit`` characters.
+
+    ITK puts the useful description on its last line, so for ``itk::ERROR`` messages that line is
+    taken. ``with_type`` prefixes the exception's class name (``"OSError: ..."``); an exception
+    without a message gives its class name alone.
+    """
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    line = (lines[-1] if "itk::ERROR" in text else lines[0])[:limit]
+    return f"{type(err).__name__}: {line}" if with_type else line

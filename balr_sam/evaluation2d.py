@@ -65,9 +65,9 @@ from monai.transforms import MapTransform
 
 from balr_sam.atomic import atomic_write_text
 from balr_sam.data.datalists import load_datalist, read_datalist
-from balr_sam.data.io import _first_line, _open_pil, load_nifti, read_image_2d, read_mask_2d, strip_suffix
+from balr_sam.data.io import _open_pil, load_nifti, read_image_2d, read_mask_2d, strip_suffix
 from balr_sam.data.splits import POLYP_TEST_SETS
-from balr_sam.errors import DataError
+from balr_sam.errors import DataError, first_line
 from balr_sam.evaluation import LabelVolume, _draw_overlays, _prepare_output, save_overlay
 from balr_sam.metrics import (
     _gather_rows,
@@ -77,6 +77,7 @@ from balr_sam.metrics import (
     confusion_summary,
     pooled_confusion_dice_iou,
 )
+from balr_sam.types import PathLike
 
 __all__ = [
     "PROTOCOLS_2D",
@@ -91,7 +92,6 @@ __all__ = [
     "main",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: Protocol name -> what it computes.
 PROTOCOLS_2D: Dict[str, str] = {
@@ -130,7 +130,7 @@ def read_prediction_2d(path: PathLike) -> np.ndarray:
         try:
             arr = np.asarray(img.dataobj)
         except Exception as err:  # truncated gzip, short file: nibabel raises many types
-            raise DataError(f"{p}: voxel data is unreadable or truncated ({type(err).__name__}: {_first_line(err)})") from None
+            raise DataError(f"{p}: voxel data is unreadable or truncated ({first_line(err, with_type=True)})") from None
         while arr.ndim > 2 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         arr = arr.astype(np.float32)

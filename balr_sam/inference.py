@@ -35,7 +35,8 @@ import numpy as np
 
 from balr_sam.atomic import atomic_write, atomic_write_text, partial_files
 from balr_sam.data.io import IMAGE2D_SUFFIXES, VOLUME_SUFFIXES, is_dicom_series_dir, list_folder, strip_suffix
-from balr_sam.errors import DataError
+from balr_sam.errors import DataError, first_line
+from balr_sam.types import PathLike
 
 __all__ = [
     "InferenceItem",
@@ -50,7 +51,6 @@ __all__ = [
     "rank_and_world_size",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,7 @@ def run_batch_inference(
                     report.written.append(item.case)
                 except Exception as err:  # one bad case must not stop the others
                     data_error = find_data_error(err)
-                    reason = str(data_error) if data_error is not None else f"{item.image}: {type(err).__name__}: {_first_line(err)}"
+                    reason = str(data_error) if data_error is not None else f"{item.image}: {first_line(err, with_type=True)}"
                     report.failed.append((item.case, reason))
                     log(f"balr-sam infer: case {item.case} failed: {reason}")
     finally:
@@ -297,10 +297,6 @@ def run_batch_inference(
             executor.shutdown(wait=True, cancel_futures=True)
     return report
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def rank_and_world_size() -> Tuple[int, int]:

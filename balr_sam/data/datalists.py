@@ -69,8 +69,9 @@ from balr_sam.data.splits import (
     TRANSUNET_TRAIN_IDS,
     fraction_split,
 )
-from balr_sam.errors import DataError
+from balr_sam.errors import DataError, first_line
 from balr_sam.labels import get_label_set
+from balr_sam.types import PathLike
 
 __all__ = [
     "PREPARERS",
@@ -87,7 +88,6 @@ __all__ = [
     "write_datalist",
 ]
 
-PathLike = Union[str, os.PathLike]
 #: The case lists of a datalist, in order.
 SPLITS = ("training", "validation", "test")
 _PATH_KEYS = ("image", "label")
@@ -650,8 +650,7 @@ def _check_h5_volume(f: Path) -> bool:
             shapes = {k: tuple(h5[k].shape) for k in ("image", "label") if k in h5}
             present = sorted(h5.keys())
     except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise DataError(f"{f}: cannot be read as HDF5 ({type(err).__name__}: {first})") from None
+        raise DataError(f"{f}: cannot be read as HDF5 ({first_line(err, with_type=True)})") from None
     if "image" not in shapes:
         raise DataError(f"{f}: no dataset 'image' (datasets: {present})")
     if len(shapes["image"]) != 3:

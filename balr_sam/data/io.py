@@ -55,7 +55,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from balr_sam.errors import DataError
+from balr_sam.errors import DataError, first_line
+from balr_sam.types import PathLike
 
 __all__ = [
     "IMAGE2D_SUFFIXES",
@@ -85,7 +86,6 @@ __all__ = [
     "strip_suffix",
 ]
 
-PathLike = Union[str, os.PathLike]
 
 #: File suffixes read as 3D volumes (besides DICOM series folders).
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -240,7 +240,7 @@ def read_volume_header(path: PathLike) -> VolumeHeader:
         try:
             reader.ReadImageInformation()
         except RuntimeError as err:
-            raise DataError(f"{p}: cannot be read as an ITK image ({_first_line(err)})") from None
+            raise DataError(f"{p}: cannot be read as an ITK image ({first_line(err)})") from None
         shape = _check_3d(p, reader.GetSize())
         affine = _itk_affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin(), p)
         return VolumeHeader(str(p), shape, affine, "itk")
@@ -278,7 +278,7 @@ def read_volume(path: PathLike, *, check_finite: bool = True, dicom_backend: str
         try:
             array = np.asanyarray(img.dataobj)
         except Exception as err:  # truncated gzip, short file, bad scaling...
-            raise DataError(f"{p}: voxel data is unreadable or truncated ({type(err).__name__}: {_first_line(err)})") from None
+            raise DataError(f"{p}: voxel data is unreadable or truncated ({first_line(err, with_type=True)})") from None
         array = np.asarray(array).reshape(header.shape)
     else:
         import SimpleITK as sitk
@@ -286,7 +286,7 @@ def read_volume(path: PathLike, *, check_finite: bool = True, dicom_backend: str
         try:
             image = sitk.ReadImage(str(p))
         except RuntimeError as err:
-            raise DataError(f"{p}: voxel data is unreadable ({_first_line(err)})") from None
+            raise DataError(f"{p}: voxel data is unreadable ({first_line(err)})") from None
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise DataError(f"{p}: expected a scalar volume, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
         array = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0)).reshape(header.shape)
@@ -294,12 +294,6 @@ def read_volume(path: PathLike, *, check_finite: bool = True, dicom_backend: str
         _check_finite(p, array)
     return Volume(header.path, header.shape, header.affine, header.fmt, array)
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # ITK messages put the useful description last
-    return (lines[-1] if lines and "itk::ERROR" in text else (lines[0] if lines else type(err).__name__))[:300]
 
 
 def list_folder(folder: PathLike) -> List[Path]:
@@ -353,7 +347,7 @@ def load_nifti(path: PathLike):
     try:
         return nib.load(str(p))
     except Exception as err:
-        raise DataError(f"{p}: cannot be read as NIfTI ({type(err).__name__}: {_first_line(err)})") from None
+        raise DataError(f"{p}: cannot be read as NIfTI ({first_line(err, with_type=True)})") from None
     finally:
         nib_logger.setLevel(level)
 
@@ -366,7 +360,7 @@ def _raw_nifti_header(p: Path, header_class):
         with ImageOpener(str(p)) as fobj:
             return header_class.from_fileobj(fobj, check=False)
     except Exception as err:
-        raise DataError(f"{p}: cannot be read as NIfTI ({type(err).__name__}: {_first_line(err)})") from None
+        raise DataError(f"{p}: cannot be read as NIfTI ({first_line(err, with_type=True)})") from None
 
 
 def nifti_affine(path: PathLike, img, spatial_dims: int = 3) -> np.ndarray:
@@ -484,7 +478,7 @@ def _dicom_headers(folder: Path) -> List[Tuple[Path, object]]:
         except PermissionError:
             raise DataError(f"{f}: permission denied (the file is not readable)") from None
         except Exception as err:
-            raise DataError(f"{f}: cannot be read as DICOM ({type(err).__name__}: {_first_line(err)})") from None
+            raise DataError(f"{f}: cannot be read as DICOM ({first_line(err, with_type=True)})") from None
         headers.append((f, ds))
     return headers
 
@@ -597,7 +591,7 @@ def read_dicom_series(folder: PathLike, *, backend: str = "sitk", series_uid: Op
         try:
             image = reader.Execute()
         except RuntimeError as err:
-            raise DataError(f"{folder}: DICOM pixel data cannot be decoded ({_first_line(err)})") from None
+            raise DataError(f"{folder}: DICOM pixel data cannot be decoded ({first_line(err)})") from None
         array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
         # the files were handed over in the headers' slice order, so the headers' affine applies
         # (it also covers single-slice series, where ITK invents a 1 mm slice spacing)
@@ -612,7 +606,7 @@ def read_dicom_series(folder: PathLike, *, backend: str = "sitk", series_uid: Op
                 pixels = ds.pixel_array
             except Exception as err:
                 raise DataError(
-                    f"{f}: DICOM pixel data cannot be decoded ({type(err).__name__}: {_first_line(err)}); "
+                    f"{f}: DICOM pixel data cannot be decoded ({first_line(err, with_type=True)}); "
                     "compressed series need pylibjpeg with pylibjpeg-openjpeg/-libjpeg installed"
                 ) from None
             if pixels.ndim != 2:
@@ -759,7 +753,7 @@ def _open_pil(path: Path):
         img = Image.open(str(path))
         img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot be read as an image ({type(err).__name__}: {_first_line(err)})") from None
+        raise DataError(f"{path}: cannot be read as an image ({first_line(err, with_type=True)})") from None
     frames = int(getattr(img, "n_frames", 1) or 1)
     if frames > 1:
         raise DataError(f"{path}: expected a 2D image, got a multi-frame image with {frames} frames")
@@ -797,7 +791,7 @@ def read_image_2d_size(path: PathLike) -> Tuple[int, int]:
         with Image.open(str(p)) as img:
             width, height = img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{p}: cannot be read as an image ({type(err).__name__}: {_first_line(err)})") from None
+        raise DataError(f"{p}: cannot be read as an image ({first_line(err, with_type=True)})") from None
     return int(height), int(width)
 
 
@@ -914,7 +908,7 @@ def npz_header(path: PathLike) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
                         shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
                 out[name[:-4]] = (tuple(shape), np.dtype(dtype))
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise DataError(f"{p}: cannot be read as .npz ({type(err).__name__}: {_first_line(err)})") from None
+        raise DataError(f"{p}: cannot be read as .npz ({first_line(err, with_type=True)})") from None
     return out
 
 
@@ -946,7 +940,7 @@ def read_array(path: PathLike, key: str, *, ndim: Optional[int] = None, check_fi
         except DataError:
             raise
         except Exception as err:
-            raise DataError(f"{p}: cannot be read as .npz ({type(err).__name__}: {_first_line(err)})") from None
+            raise DataError(f"{p}: cannot be read as .npz ({first_line(err, with_type=True)})") from None
     elif name.endswith((".h5", ".hdf5")):
         import h5py
 
@@ -958,7 +952,7 @@ def read_array(path: PathLike, key: str, *, ndim: Optional[int] = None, check_fi
         except DataError:
             raise
         except Exception as err:
-            raise DataError(f"{p}: cannot be read as HDF5 ({type(err).__name__}: {_first_line(err)})") from None
+            raise DataError(f"{p}: cannot be read as HDF5 ({first_line(err, with_type=True)})") from None
     else:
         raise DataError(f"{p}: unsupported array file (expected .npz or .h5)")
     if ndim is not None and arr.ndim != ndim:

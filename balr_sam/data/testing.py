@@ -20,6 +20,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from balr_sam.data.splits import ISIC2017_FOLDERS, POLYP_TEST_SETS
+from balr_sam.types import PathLike
 
 __all__ = [
     "affine_for",
@@ -32,7 +33,6 @@ __all__ = [
     "write_png",
 ]
 
-PathLike = Union[str, os.PathLike]
 
 
 def affine_for(spacing: Sequence[float], codes: str = "RAS", origin: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:

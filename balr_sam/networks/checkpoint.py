@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from balr_sam.errors import CheckpointError
+from balr_sam.types import PathLike
 
 __all__ = [
     "PathLike",
@@ -30,7 +31,6 @@ __all__ = [
     "official_state_dict",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def safe_torch_load(path: PathLike, map_location: object = "cpu") -> object:
