@@ -10,7 +10,7 @@ from typing import Callable, Optional, Tuple
 import pytest
 import torch
 
-from balr_sam.data.datalists import prepare_synapse
+from balr_sam.data.prepare import prepare_synapse
 from balr_sam.data.shared import SHARED_DATA_ENV, shared_data_dir
 from balr_sam.data.synthetic import generate_ct_dataset
 from balr_sam.networks.variants import build_sam

@@ -64,7 +64,7 @@ import torch
 from monai.transforms import MapTransform
 
 from balr_sam.atomic import atomic_write_text
-from balr_sam.data.datalists import load_datalist, read_datalist
+from balr_sam.data.datalist import load_datalist, read_datalist
 from balr_sam.data.io import load_nifti, open_image, read_image_2d, read_mask_2d, strip_suffix
 from balr_sam.data.splits import POLYP_TEST_SETS
 from balr_sam.errors import DataError, first_line

@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from balr_sam.data.datalists import (
-    load_datalist,
-    prepare_images2d,
-    prepare_isic2017,
-    prepare_nifti,
-    prepare_polyp,
-    prepare_synapse,
-    verify_datalist,
-)
+from balr_sam.data.datalist import load_datalist, verify_datalist
+from balr_sam.data.prepare import prepare_images2d, prepare_isic2017, prepare_nifti, prepare_polyp, prepare_synapse
 from balr_sam.data.splits import POLYP_TEST_SETS, TRANSUNET_TEST_IDS, TRANSUNET_TRAIN_IDS, fraction_split
 from balr_sam.data.testing import (
     affine_for,

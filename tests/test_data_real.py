@@ -15,7 +15,8 @@ from scipy.ndimage import binary_dilation
 from monai.data import MetaTensor
 from monai.transforms import Invertd
 
-from balr_sam.data.datalists import load_datalist, prepare_images2d, prepare_nifti, verify_datalist
+from balr_sam.data.datalist import load_datalist, verify_datalist
+from balr_sam.data.prepare import prepare_images2d, prepare_nifti
 from balr_sam.data.io import (
     align_to_reference,
     check_grid,

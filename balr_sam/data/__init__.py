@@ -3,26 +3,25 @@
 - :mod:`balr_sam.data.io`: readers (NIfTI, DICOM series incl. JPEG 2000, 2D images/masks,
   TransUNet ``.npz``/``.h5``) with validation, and a MONAI ``ImageReader`` for volumes.
 - :mod:`balr_sam.data.transforms`: dictionary transforms and the training/inference pipelines.
-- :mod:`balr_sam.data.datalists`: ``prepare_*`` functions writing decathlon-style datalists.
+- :mod:`balr_sam.data.datalist`: the datalist format (MONAI decathlon-style JSON): write, read,
+  load a split, verify every file.
+- :mod:`balr_sam.data.prepare`: one converter per dataset layout (``prepare_*``), writing datalists.
 - :mod:`balr_sam.data.splits`: the official splits (TransUNet, PraNet, ISIC 2017).
 - :mod:`balr_sam.data.synthetic`: deterministic phantoms in the real datasets' layouts.
 - :mod:`balr_sam.data.shared`: where the optional real samples (``../shared/data``) are.
 """
 
-from balr_sam.data.datalists import (
+from balr_sam.data.datalist import load_datalist, read_datalist, verify_datalist, write_datalist
+from balr_sam.data.io import VolumeReader, read_dicom_series, read_image_2d, read_mask_2d, read_volume
+from balr_sam.data.shared import shared_data_dir
+from balr_sam.data.prepare import (
     PREPARERS,
-    load_datalist,
     prepare_images2d,
     prepare_isic2017,
     prepare_nifti,
     prepare_polyp,
     prepare_synapse,
-    read_datalist,
-    verify_datalist,
-    write_datalist,
 )
-from balr_sam.data.io import VolumeReader, read_dicom_series, read_image_2d, read_mask_2d, read_volume
-from balr_sam.data.shared import shared_data_dir
 from balr_sam.data.synthetic import generate_ct_dataset, generate_isic_dataset, generate_polyp_dataset
 from balr_sam.data.transforms import (
     AXCODES,

@@ -15,7 +15,7 @@ Conventions (the rest of the product relies on them):
 - **Labels**: integer class ids of the product's label set (see :mod:`balr_sam.labels`); source
   numberings (raw BTCV, TotalSegmentator) are converted on load by :class:`MapLabelsd`, which
   reads the per-case ``"label_map"`` entry that the datalists written by
-  :mod:`balr_sam.data.datalists` carry.
+  :mod:`balr_sam.data.prepare` carry.
 - **Channels**: the network repeats a single channel to three itself; training pipelines return
   3-channel images (``RepeatChanneld``) as SAM expects, inference pipelines return one channel
   (``channels=3`` to repeat) to keep whole volumes small.
