@@ -347,7 +347,7 @@ def segment_volume(model: nn.Module, source: Path, output: Path, batch: int, dev
     import nibabel as nib
     import numpy as np
 
-    from balr_sam.data.transforms import HU_WINDOW
+    from balr_sam.data.pipelines import HU_WINDOW
     from balr_sam.inference import write_label_nifti
 
     lo, hi = HU_WINDOW
@@ -409,7 +409,7 @@ class _StagedCases:
 def measure_batch_inference(args: Dict[str, Any], log: Callable[[str], None]) -> Dict[str, Any]:
     """Seconds for ``batch_cases`` volumes through the product's batch path (``run_batch_inference``
     with the streamed segmenter, BALR-SAM merged), reading the next case ahead or not, interleaved."""
-    from balr_sam.data.transforms import ct_inference_preprocessing
+    from balr_sam.data.pipelines import ct_inference_preprocessing
     from balr_sam.inference import find_inputs, run_batch_inference
     from balr_sam.volume_inference import StreamingVolumeSegmenter
 

@@ -27,14 +27,8 @@ from balr_sam.data.io import (
     read_volume,
     read_volume_header,
 )
-from balr_sam.data.transforms import (
-    AlignToReferenced,
-    LoadVolumed,
-    MapLabelsd,
-    ct_inference_preprocessing,
-    ct_train_transforms,
-    image2d_train_transforms,
-)
+from balr_sam.data.pipelines import ct_inference_preprocessing, ct_train_transforms, image2d_train_transforms
+from balr_sam.data.transforms import AlignToReferenced, LoadVolumed, MapLabelsd
 
 TOTALSEG_TO_SYNAPSE = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 52: 7, 7: 8}
 
