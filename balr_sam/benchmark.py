@@ -333,13 +333,17 @@ def measure_encoder_flops(args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _write_volume(path: Path, shape: Tuple[int, int, int]) -> None:
+    import nibabel as nib
     import numpy as np
-
-    from balr_sam.data.testing import affine_for, write_nifti
 
     rng = np.random.default_rng(0)
     data = rng.integers(-1000, 1000, size=shape, dtype=np.int16)
-    write_nifti(path, data, affine_for((0.8, 0.8, 3.0)))
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])  # RAS, 0.8 x 0.8 x 3 mm voxels
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
 
 
 def segment_volume(model: nn.Module, source: Path, output: Path, batch: int, device: str, amp: bool) -> None:

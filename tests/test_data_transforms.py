@@ -9,8 +9,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, LoadImaged, SaveImaged
 
+from _data_factories import affine_for, make_transunet_tree, write_nifti, write_png
 from balr_sam.data.io import VolumeReader
-from balr_sam.data.testing import affine_for, make_transunet_tree, write_nifti, write_png
 from balr_sam.data.pipelines import (
     AXCODES,
     ct_inference_preprocessing,

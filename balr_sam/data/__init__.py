@@ -9,7 +9,6 @@
 - :mod:`balr_sam.data.prepare`: one converter per dataset layout (``prepare_*``), writing datalists.
 - :mod:`balr_sam.data.splits`: the official splits (TransUNet, PraNet, ISIC 2017).
 - :mod:`balr_sam.data.synthetic`: deterministic phantoms in the real datasets' layouts.
-- :mod:`balr_sam.data.shared`: where the optional real samples (``../shared/data``) are.
 """
 
 from balr_sam.data.datalist import load_datalist, read_datalist, verify_datalist, write_datalist
@@ -33,7 +32,6 @@ from balr_sam.data.prepare import (
     prepare_polyp,
     prepare_synapse,
 )
-from balr_sam.data.shared import shared_data_dir
 from balr_sam.data.synthetic import generate_ct_dataset, generate_isic_dataset, generate_polyp_dataset
 from balr_sam.data.transforms import (
     AlignToReferenced,
@@ -77,7 +75,6 @@ __all__ = [
     "read_image_2d",
     "read_mask_2d",
     "read_volume",
-    "shared_data_dir",
     "synapse_h5_preprocessing",
     "synapse_npz_train_transforms",
     "transforms_for_datalist",
