@@ -1,8 +1,13 @@
 """Fixtures shared by both test suites: ``tests`` (main environment) and ``tests_label`` (the MONAI
-Label environment). pytest loads this file for either, since it sits at the rootdir."""
+Label environment). pytest loads this file for either, since it sits at the rootdir.
+
+The optional real sample data (``../shared/data`` next to the repository, or
+``$BALR_SAM_SHARED_DATA``) is found here: it is not part of the product (``SPEC.md`` section 3);
+tests use it when present (``shared_data_dir``) or skip without it (``shared_data``)."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -10,19 +15,30 @@ from typing import Callable, Optional, Tuple
 import pytest
 import torch
 
-from balr_sam.data.datalists import prepare_synapse
-from balr_sam.data.shared import SHARED_DATA_ENV, shared_data_dir
+from balr_sam.data.prepare import prepare_synapse
 from balr_sam.data.synthetic import generate_ct_dataset
 from balr_sam.networks.variants import build_sam
 
 
+#: Environment variable that overrides the location of the shared sample data.
+SHARED_DATA_ENV = "BALR_SAM_SHARED_DATA"
+
+
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
+def shared_data_dir() -> Optional[Path]:
+    """The shared sample-data folder, or ``None`` when it is absent: ``$BALR_SAM_SHARED_DATA`` when
+    set, else ``<repository root>/../shared/data``."""
+    env = os.environ.get(SHARED_DATA_ENV)
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data(shared_data_dir: Optional[Path]) -> Path:
     """The real sample data folder (``<repo>/../shared/data`` or ``$BALR_SAM_SHARED_DATA``); skips when absent."""
-    path = shared_data_dir()
-    if path is None:
+    if shared_data_dir is None:
         pytest.skip(f"shared sample data not found: set {SHARED_DATA_ENV} or put it at <repo>/../shared/data")
-    return path
+    return shared_data_dir
 
 
 def _tiny_synapse(root: Path, cases: int, held_out: float, *, seed: int = 3, val_fraction: Optional[float] = None,

@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional, Union
 
 from monai.transforms import Compose
 
-from balr_sam.data.datalists import load_datalist, read_datalist
-from balr_sam.data.transforms import transforms_for_datalist
+from balr_sam.data.datalist import load_datalist, read_datalist
+from balr_sam.data.pipelines import transforms_for_datalist
 
 __all__ = [
     "DATALIST_NAME",

@@ -64,8 +64,8 @@ import torch
 from monai.transforms import MapTransform
 
 from balr_sam.atomic import atomic_write_text
-from balr_sam.data.datalists import load_datalist, read_datalist
-from balr_sam.data.io import _open_pil, load_nifti, read_image_2d, read_mask_2d, strip_suffix
+from balr_sam.data.datalist import load_datalist, read_datalist
+from balr_sam.data.io import load_nifti, open_image, read_image_2d, read_mask_2d, strip_suffix
 from balr_sam.data.splits import POLYP_TEST_SETS
 from balr_sam.errors import DataError, first_line
 from balr_sam.evaluation import LabelVolume, _draw_overlays, _prepare_output, save_overlay
@@ -135,7 +135,7 @@ def read_prediction_2d(path: PathLike) -> np.ndarray:
             arr = arr[..., 0]
         arr = arr.astype(np.float32)
     else:
-        with _open_pil(p) as img:  # DataError for missing, empty, corrupt or multi-frame files
+        with open_image(p) as img:  # DataError for missing, empty, corrupt or multi-frame files
             arr = np.asarray(img if img.mode in ("L", "1", "F") or img.mode.startswith("I") else img.convert("L"))
         scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
         arr = arr.astype(np.float32)

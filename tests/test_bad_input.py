@@ -44,10 +44,11 @@ import pytest
 import torch
 from PIL import Image
 
+from _data_factories import affine_for, write_dicom_series, write_nifti, write_png
 from balr_sam.cli import main
 from balr_sam.data.io import read_image_2d, read_mask_2d, read_volume, read_volume_header
-from balr_sam.data.testing import affine_for, write_dicom_series, write_nifti, write_png
-from balr_sam.data.transforms import LoadVolumed, MapLabelsd, ct_inference_preprocessing, image2d_inference_preprocessing
+from balr_sam.data.pipelines import ct_inference_preprocessing, image2d_inference_preprocessing
+from balr_sam.data.transforms import LoadVolumed, MapLabelsd
 from balr_sam.errors import DataError
 from balr_sam.evaluation import read_label_file
 from balr_sam.labels import get_label_set

@@ -23,8 +23,9 @@ from monai.bundle import run
 from PIL import Image
 
 from _tiny_bundle import CONFIGS, META, TRAIN
-from balr_sam.data.datalists import prepare_images2d, write_datalist
+from balr_sam.data.datalist import write_datalist
 from balr_sam.data.io import read_image_2d_size, read_mask_2d
+from balr_sam.data.prepare import prepare_images2d
 from balr_sam.errors import DataError
 from balr_sam.evaluation2d import BinaryProtocolMetrics, evaluate_2d_predictions, main as evaluation2d_main
 from balr_sam.metrics import per_image_dice_iou, pooled_confusion_dice_iou

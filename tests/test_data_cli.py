@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from _data_factories import make_btcv_tree, make_isic_tree, make_polyp_tree, make_transunet_tree, write_png
 from balr_sam.cli import main
-from balr_sam.data.testing import make_btcv_tree, make_isic_tree, make_polyp_tree, make_transunet_tree, write_png
 
 
 def test_synth_ct_with_datalist(tmp_path, capsys):

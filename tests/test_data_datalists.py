@@ -9,17 +9,7 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from balr_sam.data.datalists import (
-    load_datalist,
-    prepare_images2d,
-    prepare_isic2017,
-    prepare_nifti,
-    prepare_polyp,
-    prepare_synapse,
-    verify_datalist,
-)
-from balr_sam.data.splits import POLYP_TEST_SETS, TRANSUNET_TEST_IDS, TRANSUNET_TRAIN_IDS, fraction_split
-from balr_sam.data.testing import (
+from _data_factories import (
     affine_for,
     make_btcv_tree,
     make_isic_tree,
@@ -29,6 +19,9 @@ from balr_sam.data.testing import (
     write_nifti,
     write_png,
 )
+from balr_sam.data.datalist import load_datalist, verify_datalist
+from balr_sam.data.prepare import prepare_images2d, prepare_isic2017, prepare_nifti, prepare_polyp, prepare_synapse
+from balr_sam.data.splits import POLYP_TEST_SETS, TRANSUNET_TEST_IDS, TRANSUNET_TRAIN_IDS, fraction_split
 
 SYNAPSE_LABELS = {"0": "background", "1": "spleen", "2": "kidney_right", "3": "kidney_left", "4": "gallbladder",
                   "5": "liver", "6": "stomach", "7": "aorta", "8": "pancreas"}

@@ -8,12 +8,14 @@ import re
 import numpy as np
 import pytest
 
+from _data_factories import affine_for, make_btcv_tree, make_transunet_tree, write_dicom_series, write_nifti, write_png
 from balr_sam.cli import main
-from balr_sam.data.datalists import prepare_images2d, prepare_nifti, prepare_synapse, write_datalist
+from balr_sam.data.datalist import write_datalist
 from balr_sam.data.io import read_array, read_dicom_series, read_image_2d, read_mask_2d, read_volume
+from balr_sam.data.pipelines import ct_train_transforms
+from balr_sam.data.prepare import prepare_images2d, prepare_nifti, prepare_synapse
 from balr_sam.data.synthetic import generate_ct_dataset
-from balr_sam.data.testing import affine_for, make_btcv_tree, make_transunet_tree, write_dicom_series, write_nifti, write_png
-from balr_sam.data.transforms import AlignToReferenced, LoadVolumed, MapLabelsd, ct_train_transforms, find_data_error
+from balr_sam.data.transforms import AlignToReferenced, LoadVolumed, MapLabelsd, find_data_error
 from balr_sam.errors import DataError
 
 

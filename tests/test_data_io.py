@@ -7,6 +7,7 @@ import pydicom
 import pytest
 from PIL import Image
 
+from _data_factories import affine_for, make_transunet_tree, write_dicom_series, write_nifti, write_png
 from balr_sam.data.io import (
     align_to_reference,
     axcodes,
@@ -18,7 +19,6 @@ from balr_sam.data.io import (
     read_volume,
     read_volume_header,
 )
-from balr_sam.data.testing import affine_for, make_transunet_tree, write_dicom_series, write_nifti, write_png
 
 
 def test_read_nifti_keeps_array_and_affine(tmp_path):

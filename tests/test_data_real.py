@@ -15,7 +15,7 @@ from scipy.ndimage import binary_dilation
 from monai.data import MetaTensor
 from monai.transforms import Invertd
 
-from balr_sam.data.datalists import load_datalist, prepare_images2d, prepare_nifti, verify_datalist
+from balr_sam.data.datalist import load_datalist, verify_datalist
 from balr_sam.data.io import (
     align_to_reference,
     check_grid,
@@ -26,14 +26,9 @@ from balr_sam.data.io import (
     read_volume,
     read_volume_header,
 )
-from balr_sam.data.transforms import (
-    AlignToReferenced,
-    LoadVolumed,
-    MapLabelsd,
-    ct_inference_preprocessing,
-    ct_train_transforms,
-    image2d_train_transforms,
-)
+from balr_sam.data.pipelines import ct_inference_preprocessing, ct_train_transforms, image2d_train_transforms
+from balr_sam.data.prepare import prepare_images2d, prepare_nifti
+from balr_sam.data.transforms import AlignToReferenced, LoadVolumed, MapLabelsd
 
 TOTALSEG_TO_SYNAPSE = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 52: 7, 7: 8}
 

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 
-from balr_sam.data.datalists import load_datalist, prepare_isic2017, prepare_polyp, prepare_synapse, verify_datalist
+from balr_sam.data.datalist import load_datalist, verify_datalist
 from balr_sam.data.io import read_image_2d, read_mask_2d
+from balr_sam.data.pipelines import ct_train_transforms
+from balr_sam.data.prepare import prepare_isic2017, prepare_polyp, prepare_synapse
 from balr_sam.data.splits import POLYP_TEST_SETS
 from balr_sam.data.synthetic import generate_ct_dataset, generate_isic_dataset, generate_polyp_dataset
-from balr_sam.data.transforms import AlignToReferenced, LoadVolumed, MapLabelsd, ct_train_transforms
+from balr_sam.data.transforms import AlignToReferenced, LoadVolumed, MapLabelsd
 from balr_sam.labels import get_label_set
 
 

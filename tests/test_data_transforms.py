@@ -9,14 +9,10 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, LoadImaged, SaveImaged
 
+from _data_factories import affine_for, make_transunet_tree, write_nifti, write_png
 from balr_sam.data.io import VolumeReader
-from balr_sam.data.testing import affine_for, make_transunet_tree, write_nifti, write_png
-from balr_sam.data.transforms import (
+from balr_sam.data.pipelines import (
     AXCODES,
-    AlignToReferenced,
-    LoadVolumed,
-    MapLabelsd,
-    RandSampleSlicesd,
     ct_inference_preprocessing,
     ct_train_transforms,
     image2d_inference_preprocessing,
@@ -25,6 +21,7 @@ from balr_sam.data.transforms import (
     synapse_npz_train_transforms,
     transforms_for_datalist,
 )
+from balr_sam.data.transforms import AlignToReferenced, LoadVolumed, MapLabelsd, RandSampleSlicesd
 from balr_sam.labels import get_label_set, remap_labels
 
 # --------------------------------------------------------------------------------------------

@@ -27,11 +27,12 @@ from hypothesis.extra.numpy import arrays
 from monai.transforms import AsDiscreted, Compose, Invertd
 from PIL import Image
 
+from _data_factories import write_nifti
 from balr_sam.data.io import align_to_reference, read_image_2d, read_image_2d_size, read_mask_2d, read_volume, read_volume_header
-from balr_sam.labels import get_label_set
-from balr_sam.data.testing import write_nifti
-from balr_sam.data.transforms import MapLabelsd, ct_inference_preprocessing
+from balr_sam.data.pipelines import ct_inference_preprocessing
+from balr_sam.data.transforms import MapLabelsd
 from balr_sam.errors import DataError
+from balr_sam.labels import get_label_set
 from balr_sam.labels import get_label_set, remap_labels
 
 shapes = st.tuples(st.integers(2, 7), st.integers(2, 7), st.integers(1, 5))

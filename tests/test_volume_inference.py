@@ -22,7 +22,7 @@ from monai.transforms import AsDiscreted, Compose, Invertd
 
 from _tiny_bundle import copy_tiny_cases, tiny_infer_args
 from balr_sam.cli import main
-from balr_sam.data.transforms import ct_inference_preprocessing
+from balr_sam.data.pipelines import ct_inference_preprocessing
 from balr_sam.inference import InferenceItem, run_batch_inference
 from balr_sam.volume_inference import StreamingVolumeSegmenter
 
@@ -80,7 +80,7 @@ _PEAK_SCRIPT = """
 import re, sys, torch
 sys.path.insert(0, {tests!r})
 from test_volume_inference import _HUNet, _monai_reference
-from balr_sam.data.transforms import ct_inference_preprocessing
+from balr_sam.data.pipelines import ct_inference_preprocessing
 from balr_sam.volume_inference import StreamingVolumeSegmenter
 torch.set_num_threads(1)
 net = _HUNet().eval()

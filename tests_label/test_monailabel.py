@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -34,7 +34,6 @@ import nibabel as nib  # noqa: E402
 import torch  # noqa: E402
 from monai.bundle import run as bundle_run  # noqa: E402
 
-from balr_sam.data.shared import shared_data_dir  # noqa: E402
 from balr_sam.labels import get_label_set, remap_labels  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +56,8 @@ def _log_tail(path: Path, lines: int = 60) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[..., Tuple[Path, Path]]) -> Dict[str, Path]:
+def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[..., Tuple[Path, Path]],
+               shared_data_dir: Optional[Path]) -> Dict[str, Path]:
     """Tiny trained model deployed into a fresh monaibundle app, and a datastore for it."""
     root = tmp_path_factory.mktemp("monailabel")
     data, sam = tiny_synapse(root, 4, 0.25)
@@ -85,9 +85,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[
         label = nib.load(str(data / "label" / f"label{case:04d}.nii.gz"))
         ids = remap_labels(np.asarray(label.dataobj), "synapse", "btcv").astype(np.uint8)
         nib.save(nib.Nifti1Image(ids, label.affine, label.header), str(studies / "labels" / "final" / f"synth{case:04d}.nii.gz"))
-    shared = shared_data_dir()
-    if shared is not None and (shared / "ct-abdomen-nifti" / "image.nii.gz").is_file():
-        shutil.copy(shared / "ct-abdomen-nifti" / "image.nii.gz", studies / f"{CT_ID}.nii.gz")
+    if shared_data_dir is not None and (shared_data_dir / "ct-abdomen-nifti" / "image.nii.gz").is_file():
+        shutil.copy(shared_data_dir / "ct-abdomen-nifti" / "image.nii.gz", studies / f"{CT_ID}.nii.gz")
     return {"root": root, "app": app, "bundle": bundle, "studies": studies}
 
 
@@ -177,7 +176,7 @@ def test_infer_real_ct_returns_label_map_in_input_geometry(server: str, deployme
     assert (labels == expected).mean() >= 0.999  # MONAI Label keeps the adapters unmerged: float-level ties only
 
 
-def test_train_fine_tunes_then_infers_with_the_new_model(server: str, deployment: Dict[str, Path]) -> None:
+def test_train_fine_tunes_then_infers_with_the_new_model(server: str, deployment: Dict[str, Path], shared_data_dir: Optional[Path]) -> None:
     model = deployment["bundle"] / "models" / "model.pt"
     before = _md5(model)
     request = {"max_epochs": 1, "val_split": 0.25, "multi_gpu": False, "device": "cpu"}
@@ -199,8 +198,7 @@ def test_train_fine_tunes_then_infers_with_the_new_model(server: str, deployment
     assert trained["config"]["variant"] == "vit_t" and trained["extra"]["epoch"] == 1
 
     # the server picks the new model up; this time the volume is uploaded instead of taken from the datastore
-    shared = shared_data_dir()
-    real = shared / "ct-abdomen-nifti" / "image.nii.gz" if shared is not None else None
+    real = shared_data_dir / "ct-abdomen-nifti" / "image.nii.gz" if shared_data_dir is not None else None
     image = real if real is not None and real.is_file() else deployment["studies"] / "synth0001.nii.gz"
     with open(image, "rb") as fh:
         res = requests.post(f"{server}/infer/{MODEL}", params={"output": "image"}, files={"file": ("image.nii.gz", fh)}, timeout=300)

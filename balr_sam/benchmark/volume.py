@@ -30,7 +30,7 @@ from torch import nn
 from balr_sam.benchmark.baselines import TRAIN_CONFIGS, build_config, inference_form
 from balr_sam.benchmark.measurements import Log, Settings
 from balr_sam.benchmark.timing import median, sync, timed
-from balr_sam.data.transforms import ct_inference_preprocessing
+from balr_sam.data.pipelines import ct_inference_preprocessing
 from balr_sam.inference import InferenceItem, find_inputs, run_batch_inference, write_label_nifti
 from balr_sam.volume_inference import LoadedVolume, StreamingVolumeSegmenter
 

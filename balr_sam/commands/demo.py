@@ -45,7 +45,8 @@ def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int 
 
     from balr_sam.bundle_support import write_evaluation_report
     from balr_sam.commands.infer import BundlePredictor
-    from balr_sam.data.datalists import load_datalist, prepare_synapse
+    from balr_sam.data.datalist import load_datalist
+    from balr_sam.data.prepare import prepare_synapse
     from balr_sam.data.synthetic import generate_ct_dataset
     from balr_sam.inference import run_batch_inference
     from balr_sam.networks.variants import build_sam

@@ -1,6 +1,6 @@
 """``balr-sam prepare DATASET SRC --output DATALIST.json``: write a MONAI decathlon-style datalist.
 
-Datasets (one sub-command each, see :mod:`balr_sam.data.datalists` for the layouts):
+Datasets (one sub-command each, see :mod:`balr_sam.data.prepare` for the layouts):
 
 - ``synapse``: raw BTCV (``img/`` + ``label/``) or TransUNet's ``train_npz/`` + ``test_vol_h5/``;
   TransUNet's 18/12 split, or a seeded fraction split for other case numbers.
@@ -35,15 +35,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from balr_sam.data.datalists import (
-    exclude_failed,
-    prepare_images2d,
-    prepare_isic2017,
-    prepare_nifti,
-    prepare_polyp,
-    prepare_synapse,
-    verify_datalist,
-)
+from balr_sam.data.datalist import exclude_failed, verify_datalist
+from balr_sam.data.prepare import prepare_images2d, prepare_isic2017, prepare_nifti, prepare_polyp, prepare_synapse
 from balr_sam.errors import DataError
 
 __all__ = ["register", "run"]

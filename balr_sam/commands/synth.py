@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from balr_sam.data.datalists import prepare_isic2017, prepare_polyp, prepare_synapse
+from balr_sam.data.prepare import prepare_isic2017, prepare_polyp, prepare_synapse
 from balr_sam.data.synthetic import generate_ct_dataset, generate_isic_dataset, generate_polyp_dataset
 
 __all__ = ["register", "run"]

@@ -1,7 +1,7 @@
 """Deterministic synthetic data: the product's embedded default, nothing to download.
 
 Three generators write trees in the **same on-disk layouts as the real datasets**, so the same
-preparation (:mod:`balr_sam.data.datalists`) and readers load them:
+preparation (:mod:`balr_sam.data.prepare`) and readers load them:
 
 - :func:`generate_ct_dataset`: abdominal CT phantoms in the raw Synapse/BTCV layout
   (``img/imgXXXX.nii.gz`` int16 HU + ``label/labelXXXX.nii.gz`` uint8 in **BTCV numbering**, so

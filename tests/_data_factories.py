@@ -1,4 +1,4 @@
-"""Writers of tiny datasets in the real on-disk layouts, for tests (ours and other modules').
+"""Writers of tiny datasets in the real on-disk layouts, for the tests (``from _data_factories import ...``).
 
 Each ``make_*_tree`` writes a small tree with the real datasets' exact file names, dtypes, array
 keys and folder names, so that tests exercise the same preparation and readers as real data:
@@ -13,9 +13,8 @@ plus single-file writers (:func:`write_nifti`, :func:`write_dicom_series`, :func
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,7 +31,6 @@ __all__ = [
     "write_nifti",
     "write_png",
 ]
-
 
 
 def affine_for(spacing: Sequence[float], codes: str = "RAS", origin: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
