@@ -410,8 +410,7 @@ def measure_batch_inference(args: Dict[str, Any], log: Callable[[str], None]) ->
     """Seconds for ``batch_cases`` volumes through the product's batch path (``run_batch_inference``
     with the streamed segmenter, BALR-SAM merged), reading the next case ahead or not, interleaved."""
     from balr_sam.data.transforms import ct_inference_preprocessing
-    from balr_sam.inference import find_inputs, run_batch_inference
-    from balr_sam.volume_inference import StreamingVolumeSegmenter
+    from balr_sam.inference import StreamingVolumeSegmenter, find_inputs, run_batch_inference
 
     device = args["device"]
     model = build_config("balr_sam", args["variant"], args["img_size"], args["num_classes"], device, args["fast_attention"] != "off").eval()
