@@ -152,7 +152,7 @@ elif target.exists():
 if model_file is not None:
     from monai.bundle import ConfigParser
 
-    from balr_sam.engine import load_trained_weights
+    from balr_sam.inference import load_trained_weights
     from balr_sam.errors import CheckpointError
 
     parser = ConfigParser(dict(configs["inference.json"], bundle_root=str(bundle), sam_checkpoint=str(sam_file)))

@@ -108,7 +108,7 @@ def test_evaluate_config_writes_predictions_and_reports(tiny_dataset: dict, tiny
 
 
 def test_ckpt_export_torchscript_with_merged_adapters(tiny_dataset: dict, tiny_trained: Path, tmp_path: Path) -> None:
-    from balr_sam.networks.trainable import load_balr_sam
+    from balr_sam.inference import load_balr_sam
 
     ts = tmp_path / "model.ts"
     ckpt_export(

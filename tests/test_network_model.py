@@ -10,9 +10,10 @@ import torch
 
 from balr_sam.cli import main
 from balr_sam.errors import CheckpointError
+from balr_sam.inference import load_balr_sam
 from balr_sam.networks import build_balr_sam, build_sam
 from balr_sam.networks.adapters import adapter_modules
-from balr_sam.networks.trainable import load_balr_sam, load_trainable_state_dict, save_trainable_checkpoint, trainable_state_dict
+from balr_sam.networks.trainable import load_trainable_state_dict, save_trainable_checkpoint, trainable_state_dict
 
 
 @pytest.fixture(scope="module")

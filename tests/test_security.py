@@ -13,7 +13,7 @@ from _faults import CodeExecutingPickle
 from _tiny_bundle import tiny_infer_args
 from balr_sam.cli import main
 from balr_sam.errors import CheckpointError
-from balr_sam.networks.trainable import load_balr_sam
+from balr_sam.inference import load_balr_sam
 
 
 def _evil(path: Path, payload: Dict) -> Path:

@@ -1,4 +1,4 @@
-"""Streamed volume inference (``balr_sam.volume_inference``): the same labels as MONAI's
+"""Streamed volume inference (``balr_sam.inference.streaming``): the same labels as MONAI's
 ``SliceInferer`` + ``Invertd``, memory that does not grow with the number of slices beyond the
 input itself, read-ahead in batch runs, and two processes sharing one output folder."""
 
@@ -23,8 +23,7 @@ from monai.transforms import AsDiscreted, Compose, Invertd
 from _tiny_bundle import copy_tiny_cases, tiny_infer_args
 from balr_sam.cli import main
 from balr_sam.data.pipelines import ct_inference_preprocessing
-from balr_sam.inference import InferenceItem, run_batch_inference
-from balr_sam.volume_inference import StreamingVolumeSegmenter
+from balr_sam.inference import InferenceItem, StreamingVolumeSegmenter, run_batch_inference
 
 
 class _HUNet(torch.nn.Module):
@@ -81,7 +80,7 @@ import re, sys, torch
 sys.path.insert(0, {tests!r})
 from test_volume_inference import _HUNet, _monai_reference
 from balr_sam.data.pipelines import ct_inference_preprocessing
-from balr_sam.volume_inference import StreamingVolumeSegmenter
+from balr_sam.inference import StreamingVolumeSegmenter
 torch.set_num_threads(1)
 net = _HUNet().eval()
 segment = StreamingVolumeSegmenter(net, ct_inference_preprocessing(img_size=128), 8, torch.device("cpu"))

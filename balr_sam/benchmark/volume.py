@@ -4,7 +4,7 @@ A synthetic CT volume (int16 noise in [-1000, 1000) HU, 0.8 x 0.8 x 3 mm, RAS, w
 nibabel; not timed) is segmented by :func:`segment_file`, which is what ``balr-sam infer``'s
 ``BundlePredictor`` does for a volume: the bundle's ``ct_inference_preprocessing`` (read the
 NIfTI, reorient, HU window, resize in-plane to the model's size) feeds a
-:class:`~balr_sam.volume_inference.StreamingVolumeSegmenter` (slabs of ``infer_batch`` slices
+:class:`~balr_sam.inference.StreamingVolumeSegmenter` (slabs of ``infer_batch`` slices
 through the network, the in-plane resize undone on the logits, argmax into ``uint8`` labels,
 the reorientation undone on the labels), and :func:`~balr_sam.inference.write_label_nifti`
 writes the label map in the input's geometry.
@@ -32,7 +32,7 @@ from balr_sam.benchmark.measurements import Log, Settings
 from balr_sam.benchmark.timing import median, sync, timed
 from balr_sam.data.pipelines import ct_inference_preprocessing
 from balr_sam.inference import InferenceItem, find_inputs, run_batch_inference, write_label_nifti
-from balr_sam.volume_inference import LoadedVolume, StreamingVolumeSegmenter
+from balr_sam.inference.streaming import LoadedVolume, StreamingVolumeSegmenter
 
 __all__ = ["write_synthetic_ct", "volume_segmenter", "segment_file", "measure_volume", "measure_batch_inference"]
 

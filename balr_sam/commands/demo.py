@@ -34,7 +34,7 @@ def _say(msg: str) -> None:
 
 
 def _bundle_dir() -> Path:
-    from balr_sam.commands.infer import default_bundle_dir
+    from balr_sam.inference import default_bundle_dir
 
     return default_bundle_dir()
 
@@ -44,11 +44,10 @@ def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int 
     from monai.bundle import run as bundle_run
 
     from balr_sam.bundle_support import write_evaluation_report
-    from balr_sam.commands.infer import BundlePredictor
     from balr_sam.data.datalist import load_datalist
     from balr_sam.data.prepare import prepare_synapse
     from balr_sam.data.synthetic import generate_ct_dataset
-    from balr_sam.inference import run_batch_inference
+    from balr_sam.inference import BundlePredictor, find_inputs, run_batch_inference
     from balr_sam.networks.variants import build_sam
 
     output = Path(output)
@@ -87,8 +86,6 @@ def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int 
     _say(f"5/6 batch inference on {len(test_items)} held-out NIfTI volumes in {inputs} -> {predictions}")
     network_overrides = {k: v for k, v in (extra_overrides or {}).items() if k in ("variant", "img_size", "num_classes")}
     predictor = BundlePredictor(bundle, model, sam_ckpt, (bundle / "configs" / "demo.json",), overrides=network_overrides)
-    from balr_sam.inference import find_inputs
-
     report = run_batch_inference(find_inputs(inputs), predictions, predictor, predictor.label_names, model_name=str(model), progress=False)
     if not report.ok:
         raise SystemExit(f"balr-sam demo: inference failed for {report.failed}")

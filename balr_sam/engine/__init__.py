@@ -11,7 +11,6 @@ from balr_sam.engine.handlers import (
     StopOnNonFiniteLoss,
     TrainableWeights,
     latest_checkpoint,
-    load_trained_weights,
     remove_partial_checkpoints,
     run_training,
 )
@@ -31,7 +30,6 @@ __all__ = [
     "TrainableWeights",
     "epoch_seed",
     "latest_checkpoint",
-    "load_trained_weights",
     "remove_partial_checkpoints",
     "run_training",
     "seed_everything",

@@ -15,22 +15,15 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 
 from balr_sam.atomic import atomic_write, partial_files
 from balr_sam.engine.determinism import RandomStates, ReplayedEpoch
-from balr_sam.networks.balr_sam import BALRSAM
 from balr_sam.errors import CheckpointError, find_error
+from balr_sam.inference.weights import load_trained_weights, unwrap_balr_sam
+from balr_sam.networks.balr_sam import BALRSAM
 from balr_sam.networks.checkpoint import safe_torch_load
-from balr_sam.networks.trainable import (
-    base_fingerprint,
-    fingerprints_match,
-    load_trainable_checkpoint,
-    load_trainable_state_dict,
-    save_trainable_checkpoint,
-    trainable_state_dict,
-)
+from balr_sam.networks.trainable import load_trainable_state_dict, save_trainable_checkpoint, trainable_state_dict
 
 __all__ = [
     "TrainableWeights",
     "LoadTrainedModel",
-    "load_trained_weights",
     "AtomicCheckpointSaver",
     "ResumeFromCheckpoint",
     "SaveBestModel",
@@ -58,12 +51,7 @@ class TrainableWeights:
 
     @property
     def model(self) -> BALRSAM:
-        net = self.network
-        while hasattr(net, "module") and not isinstance(net, BALRSAM):
-            net = net.module
-        if not isinstance(net, BALRSAM):
-            raise TypeError(f"TrainableWeights needs a BALRSAM network, got {type(net).__name__}")
-        return net
+        return unwrap_balr_sam(self.network)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return trainable_state_dict(self.model)
@@ -279,45 +267,15 @@ class SaveBestModel:
             logger.info("saved best model (%s = %.4f) to %s (%.1f MB)", name, value, self.path, size / 1e6)
 
 
-# configuration values that change how the network runs, not its weights
-_RUNTIME_OPTIONS = ("adapter_dropout", "fast_attention")
-
-
-def load_trained_weights(network: torch.nn.Module, checkpoint: Union[str, Path], merge: bool = True, check_base: bool = True) -> BALRSAM:
-    """Load a trained ``models/model.pt`` into a BALR-SAM network built from the same configuration.
+class LoadTrainedModel:
+    """Handler form of :func:`balr_sam.inference.load_trained_weights`: loads ``checkpoint`` when the engine starts.
 
     Args:
         network: the (possibly wrapped) network of the bundle's ``network_def``.
-        checkpoint: a file written by :class:`SaveBestModel` / ``save_trainable_checkpoint``.
-        merge: fold the adapters into the encoder weights afterwards (inference).
+        checkpoint: the trained ``models/model.pt``.
+        merge: fold the adapters into the encoder weights after loading.
         check_base: refuse a checkpoint trained on other SAM base weights.
-
-    Raises:
-        CheckpointError: unreadable file, other architecture (variant, classes, input size,
-            ranks), or other SAM base weights.
     """
-    model = TrainableWeights(network).model
-    payload = load_trainable_checkpoint(checkpoint)
-    trained, built = payload["config"], model.config.to_dict()
-    different = {k: (trained.get(k), v) for k, v in built.items() if k in trained and trained[k] != v and k not in _RUNTIME_OPTIONS}
-    if different:
-        detail = ", ".join(f"{k}: checkpoint {a!r}, bundle config {b!r}" for k, (a, b) in sorted(different.items()))
-        raise CheckpointError(f"{checkpoint}: was trained with another network configuration ({detail}); set the bundle's values to the checkpoint's")
-    if check_base:
-        bad = fingerprints_match(payload["base_fingerprint"], base_fingerprint(model))
-        if bad:
-            raise CheckpointError(
-                f"{checkpoint}: was trained on other SAM base weights than the bundle's sam_checkpoint "
-                f"({len(bad)} base tensors differ, e.g. {', '.join(bad[:3])}); pass the SAM checkpoint used for training"
-            )
-    load_trainable_state_dict(model, payload["model"], source=str(checkpoint))
-    if merge:
-        model.merge_adapters()
-    return model
-
-
-class LoadTrainedModel:
-    """Handler form of :func:`load_trained_weights`: loads ``checkpoint`` when the engine starts."""
 
     def __init__(self, network: torch.nn.Module, checkpoint: Union[str, Path], merge: bool = True, check_base: bool = True) -> None:
         self.network = network

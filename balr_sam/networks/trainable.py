@@ -8,7 +8,9 @@ SAM release, random weights) fails loudly instead of producing silently wrong se
 The file is a plain dict of tensors, strings and numbers, so it is read with
 ``torch.load(..., weights_only=True)``. The weights sit under ``"model"``, where MONAI's and
 MONAI Label's checkpoint loaders look for a bundle's ``models/model.pt`` state dict; loaded
-non-strictly into a network built on the SAM checkpoint, they give the trained model.
+non-strictly into a network built on the SAM checkpoint, they give the trained model. The
+checked loader of a trained model (configuration and base weights) is
+:mod:`balr_sam.inference.weights`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from balr_sam.atomic import atomic_write
 from balr_sam.errors import CheckpointError
-from balr_sam.networks.balr_sam import BALRSAM, BALRSAMConfig, build_balr_sam
+from balr_sam.networks.balr_sam import BALRSAM
 from balr_sam.networks.checkpoint import PathLike, safe_torch_load
 
 __all__ = [
@@ -31,7 +33,6 @@ __all__ = [
     "load_trainable_state_dict",
     "save_trainable_checkpoint",
     "load_trainable_checkpoint",
-    "load_balr_sam",
 ]
 
 CHECKPOINT_FORMAT = "balr-sam-trainable/1"
@@ -133,33 +134,3 @@ def load_trainable_checkpoint(path: PathLike) -> Dict[str, Any]:
     if not isinstance(payload, Mapping) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a BALR-SAM trainable checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return dict(payload)
-
-
-def load_balr_sam(checkpoint: PathLike, sam_checkpoint: Optional[PathLike] = None, device: Optional[torch.device] = None, allow_base_mismatch: bool = False) -> BALRSAM:
-    """Rebuild a trained BALR-SAM: base SAM weights from ``sam_checkpoint``, then the trainable part.
-
-    Args:
-        checkpoint: a file written by :func:`save_trainable_checkpoint`.
-        sam_checkpoint: the official SAM checkpoint the model was trained on (``None`` for the
-            random-weight small variants of tests and the demo, whose base is not reproducible:
-            then ``allow_base_mismatch`` must be set).
-        device: where to build the model.
-        allow_base_mismatch: skip the base-weight check (never for real use).
-
-    Raises:
-        CheckpointError: unreadable file, or base weights that differ from the training run's.
-    """
-    payload = load_trainable_checkpoint(checkpoint)
-    config = BALRSAMConfig.from_dict(payload["config"])
-    options = {k: v for k, v in config.to_dict().items() if k not in ("variant", "num_classes", "img_size")}
-    model = build_balr_sam(config.variant, config.num_classes, config.img_size, sam_checkpoint=sam_checkpoint, device=device, **options)
-    if not allow_base_mismatch:
-        bad = fingerprints_match(payload["base_fingerprint"], base_fingerprint(model))
-        if bad:
-            base = sam_checkpoint if sam_checkpoint is not None else "random (no SAM checkpoint given)"
-            raise CheckpointError(
-                f"{checkpoint}: was trained on other SAM base weights than {base}: {len(bad)} base tensors differ "
-                f"(e.g. {', '.join(bad[:3])}); pass the SAM checkpoint used for training"
-            )
-    load_trainable_state_dict(model, payload["model"], source=str(checkpoint))
-    return model

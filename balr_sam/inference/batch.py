@@ -9,14 +9,14 @@ pipeline needs:
 * finished cases are skipped on a re-run (``overwrite=False``); nothing existing is replaced
   unless asked;
 * every file is written to a temporary name in the output folder and renamed into place, so an
-  interrupted run never leaves a half-written output;
-* a per-case lock file (atomic ``O_CREAT | O_EXCL``) keeps two processes on the same output
-  folder from writing the same case; locks of dead processes are taken over;
+  interrupted run never leaves a half-written output (:mod:`balr_sam.inference.writers`);
+* a per-case lock file keeps two processes on the same output folder from writing the same case;
+  locks of dead processes are taken over (:mod:`balr_sam.inference.locks`);
 * a bad case is reported with a one-line error and the others go on; the caller gets the list of
   failures (the command exits non-zero if any);
 * optionally the next case is read in a background thread while the current one is segmented
   (``balr-sam infer --prefetch``, on by default on CUDA); volumes are segmented slab by slab, with
-  memory bounded by the input (:mod:`balr_sam.volume_inference`);
+  memory bounded by the input (:mod:`balr_sam.inference.streaming`);
 * under ``torchrun`` the case list is split across ranks (every case is written exactly once).
 """
 
@@ -24,18 +24,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from balr_sam.atomic import atomic_write, atomic_write_text, partial_files
+from balr_sam.atomic import atomic_write_text, partial_files
 from balr_sam.data.io import IMAGE2D_SUFFIXES, VOLUME_SUFFIXES, is_dicom_series_dir, list_folder, strip_suffix
 from balr_sam.errors import DataError, first_line
+from balr_sam.inference.locks import CaseLock
+from balr_sam.inference.writers import case_sidecar, write_label_nifti, write_label_png
 from balr_sam.types import PathLike
 
 __all__ = [
@@ -43,14 +44,10 @@ __all__ = [
     "InferenceReport",
     "find_inputs",
     "split_for_rank",
-    "CaseLock",
-    "write_label_nifti",
-    "write_label_png",
+    "rank_and_world_size",
     "StagedPredictor",
     "run_batch_inference",
-    "rank_and_world_size",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -121,80 +118,13 @@ def split_for_rank(items: Sequence[InferenceItem], rank: int, world_size: int) -
     return list(items[rank::world_size])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def rank_and_world_size() -> Tuple[int, int]:
+    """``(rank, world_size)`` from ``torch.distributed`` if initialised, else from torchrun's variables."""
+    import torch.distributed as dist
 
-
-class CaseLock:
-    """An exclusive per-output lock file ``<output>.lock``, created atomically.
-
-    ``acquired`` is False when another live process holds the lock. A lock left by a process
-    that no longer runs (on this host) is taken over, so a killed run does not block its re-run.
-    """
-
-    def __init__(self, output: Path) -> None:
-        self.path = output.with_name(output.name + ".lock")
-        self.acquired = False
-
-    def __enter__(self) -> "CaseLock":
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._stale():
-                    self.path.unlink(missing_ok=True)
-                    continue
-                return self
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"{socket.gethostname()} {os.getpid()}\n")
-            self.acquired = True
-            return self
-        return self
-
-    def _stale(self) -> bool:
-        try:
-            host, pid = self.path.read_text().split()
-        except (OSError, ValueError):
-            return False  # being written right now, or unreadable: not ours to take
-        return host == socket.gethostname() and not _pid_alive(int(pid))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.acquired:
-            self.path.unlink(missing_ok=True)
-
-
-def write_label_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
-    """Write a ``X x Y x Z`` label array as uint8 NIfTI with ``affine`` (voxel -> RAS), atomically."""
-    import nibabel as nib
-
-    image = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), np.asarray(affine, dtype=np.float64))
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
-    atomic_write(path, lambda tmp: nib.save(image, tmp), ".nii.gz")
-
-
-def write_label_png(path: Path, labels: np.ndarray, scale: int = 255) -> None:
-    """Write a ``H x W`` binary/label array as an 8-bit PNG (foreground ``scale``), atomically."""
-    from PIL import Image
-
-    data = np.clip(np.asarray(labels) * scale, 0, 255).astype(np.uint8)
-    atomic_write(path, lambda tmp: Image.fromarray(data).save(tmp, format="PNG"), ".png")
-
-
-def _sidecar(item: InferenceItem, output: Path, label_names: Mapping[Any, str], model: str) -> Dict[str, Any]:
-    return {
-        "case": item.case,
-        "input": str(Path(item.image).resolve()),
-        "output": output.name,
-        "labels": {str(k): v for k, v in label_names.items()},
-        "model": model,
-    }
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 class StagedPredictor(Protocol):
@@ -280,7 +210,7 @@ def run_batch_inference(
                         labels, affine = predict.segment(item, loads.pop(index).result())  # type: ignore[attr-defined]
                     else:
                         labels, affine = predict(item)
-                    text = json.dumps(_sidecar(item, output, label_names, model_name), indent=2) + "\n"
+                    text = json.dumps(case_sidecar(item.case, item.image, output, label_names, model_name), indent=2) + "\n"
                     atomic_write_text(sidecar, text, ".json")
                     if item.kind == "image2d":
                         write_label_png(output, labels)
@@ -296,14 +226,3 @@ def run_batch_inference(
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
     return report
-
-
-
-def rank_and_world_size() -> Tuple[int, int]:
-    """``(rank, world_size)`` from ``torch.distributed`` if initialised, else from torchrun's variables."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
