@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "balr_sam.commands.infer",
     "balr_sam.commands.demo",
     "balr_sam.commands.benchmark",
+    "balr_sam.commands.label_deploy",
 )
 
 

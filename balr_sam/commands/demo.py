@@ -24,6 +24,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from balr_sam.bundle_location import bundle_dir
+
 __all__ = ["register", "run_demo"]
 
 DEMO_VARIANT = "vit_t"
@@ -31,12 +33,6 @@ DEMO_VARIANT = "vit_t"
 
 def _say(msg: str) -> None:
     print(f"[balr-sam demo] {msg}", flush=True)
-
-
-def _bundle_dir() -> Path:
-    from balr_sam.inference import default_bundle_dir
-
-    return default_bundle_dir()
 
 
 def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int = 10, seed: int = 0, overwrite: bool = False, extra_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -56,7 +52,7 @@ def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int 
             raise SystemExit(f"balr-sam demo: {output} exists and is not empty; pass --overwrite or another --output")
         shutil.rmtree(output)
     start = time.time()
-    bundle = _bundle_dir()
+    bundle = bundle_dir()
     data_dir, run_dir = output / "data" / "synapse", output / "bundle_run"
 
     _say(f"1/6 generating {cases} synthetic CT phantoms in {data_dir}")

@@ -16,7 +16,7 @@ from typing import Any, List
 
 import torch
 
-from balr_sam.inference import BundlePredictor, InferenceItem, default_bundle_dir, find_inputs, rank_and_world_size, run_batch_inference, split_for_rank
+from balr_sam.inference import BundlePredictor, InferenceItem, config_file, default_bundle_dir, find_inputs, rank_and_world_size, run_batch_inference, split_for_rank
 
 __all__ = ["register"]
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     items: List[InferenceItem] = find_inputs(args.input)
     rank, world = rank_and_world_size()
     mine = split_for_rank(items, rank, world)
-    predictor = BundlePredictor(bundle, args.checkpoint, args.sam_checkpoint, tuple(Path(c) for c in args.config), overrides)
+    predictor = BundlePredictor(bundle, args.checkpoint, args.sam_checkpoint, tuple(config_file(c, bundle) for c in args.config), overrides)
     report = run_batch_inference(mine, args.output, predictor, predictor.label_names, model_name=str(predictor.checkpoint), overwrite=args.overwrite, progress=not args.no_progress and rank == 0, prefetch=_prefetch(args.prefetch, predictor.device))
     where = f" (rank {rank} of {world})" if world > 1 else ""
     print(f"balr-sam infer{where}: {len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed -> {args.output}")
@@ -50,10 +50,10 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("infer", help="segment a folder of CT volumes, DICOM series or 2D images", description=__doc__)
     parser.add_argument("input", help="a volume, a DICOM series folder, a 2D image, or a folder of those")
     parser.add_argument("output", help="output folder (one <case>.nii.gz / <case>.png and <case>.json per case)")
-    parser.add_argument("--bundle", default=None, help="bundle folder (default: this repository's bundle/)")
+    parser.add_argument("--bundle", default=None, help="bundle folder (default: the repository's bundle/ in a source checkout, else the one installed with balr-sam)")
     parser.add_argument("--checkpoint", default=None, help="trained weights (default: <bundle>/models/model.pt)")
     parser.add_argument("--sam-checkpoint", default=None, help="the SAM checkpoint the model was trained on")
-    parser.add_argument("--config", action="append", default=[], help="override config file merged after inference.json (repeatable)")
+    parser.add_argument("--config", action="append", default=[], help="override config file merged after inference.json, a path or the name of a file in the bundle's configs/ (e.g. isic2017.json; repeatable)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the config's)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (one-off compilation, then faster slices; pays off over many volumes)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping them")

@@ -23,7 +23,7 @@ from balr_sam.inference.batch import (
     split_for_rank,
 )
 from balr_sam.inference.locks import CaseLock
-from balr_sam.inference.predictor import BundlePredictor, default_bundle_dir
+from balr_sam.inference.predictor import BundlePredictor, config_file, default_bundle_dir
 from balr_sam.inference.streaming import LoadedVolume, StreamingVolumeSegmenter, transforms_before_resize
 from balr_sam.inference.weights import load_balr_sam, load_trained_weights, unwrap_balr_sam
 from balr_sam.inference.writers import case_sidecar, write_label_nifti, write_label_png
@@ -37,6 +37,7 @@ __all__ = [
     "StagedPredictor",
     "StreamingVolumeSegmenter",
     "case_sidecar",
+    "config_file",
     "default_bundle_dir",
     "find_inputs",
     "load_balr_sam",

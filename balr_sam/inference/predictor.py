@@ -15,18 +15,33 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
+from balr_sam.bundle_location import bundle_dir
 from balr_sam.errors import BalrSamError, DataError
 from balr_sam.inference.batch import InferenceItem
 from balr_sam.inference.streaming import StreamingVolumeSegmenter
 from balr_sam.inference.weights import load_trained_weights
 
-__all__ = ["BundlePredictor", "default_bundle_dir"]
+__all__ = ["BundlePredictor", "config_file", "default_bundle_dir"]
 
 
 def default_bundle_dir() -> Path:
-    """The repository's ``bundle/`` folder (when running from a source checkout), else ``./bundle``."""
-    here = Path(__file__).resolve().parents[2] / "bundle"
-    return here if (here / "configs" / "inference.json").is_file() else Path("bundle")
+    """The bundle ``--bundle`` defaults to: the source checkout's ``bundle/``, else the installed copy (:func:`balr_sam.bundle_location.bundle_dir`)."""
+    return bundle_dir()
+
+
+def config_file(name: str, bundle: Path) -> Path:
+    """A ``--config`` value: a file path, else the name of a file in the bundle's ``configs/`` (``--config isic2017.json``).
+
+    Raises:
+        BalrSamError: neither exists.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    bundled = bundle / "configs" / name
+    if bundled.is_file():
+        return bundled
+    raise BalrSamError(f"{name}: no such config file (nor {bundled})")
 
 
 class BundlePredictor:
