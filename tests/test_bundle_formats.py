@@ -72,8 +72,7 @@ def test_bundle_trains_and_validates_each_datalist_format(layout: str, tmp_path:
     assert datalist["format"] == fmt and datalist["numTraining"] >= 1 and datalist["numValidation"] == n_validation
 
     settings = tiny_settings(tiny_dataset, tmp_path / "bundle", dataset_dir=str(data), max_epochs=1, val_interval=1)
-    done = subprocess.run([sys.executable, *training_argv([TRAIN, DEMO, *configs], settings)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, *training_argv([TRAIN, DEMO, *configs], settings)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, _errors(done.stderr)
     # the validation ran after the one epoch, scored the validation split and kept that model
     best = torch.load(tmp_path / "bundle" / "models" / "model.pt", map_location="cpu", weights_only=True)
