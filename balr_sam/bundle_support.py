@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from monai.transforms import Compose
 
-from balr_sam.data.datalist import load_datalist, read_datalist
+from balr_sam.data.datalist import load_datalist, read_datalist, slices_as_volumes
 from balr_sam.data.pipelines import transforms_for_datalist
 
 __all__ = [
@@ -60,13 +60,21 @@ def require_dataset(dataset_dir: Union[str, Path, None]) -> str:
 
 
 def split_items(datalist: Union[str, Path], split: str, limit: Optional[int] = None) -> List[Dict[str, Any]]:
-    """The items of one split with absolute paths (``limit``: keep the first N, for quick runs)."""
+    """The items of one split with absolute paths (``limit``: keep the first N, for quick runs).
+
+    Outside ``training``, the slices of a ``transunet`` datalist's cases are grouped into one
+    volume item per case (:func:`~balr_sam.data.datalist.slices_as_volumes`), so that validation
+    and evaluation score whole volumes, as on TransUNet's test volumes.
+    """
     items = load_datalist(datalist, split)
+    if split != "training" and read_datalist(datalist).get("format") == "transunet":
+        items = slices_as_volumes(items)
     return items[:limit] if limit else items
 
 
 def split_transforms(datalist: Union[str, Path], split: str, img_size: int, **kwargs: Any) -> Compose:
-    """The transform pipeline that fits the datalist's format for ``split`` (see ``transforms_for_datalist``)."""
+    """The transform pipeline that fits the datalist's format for ``split`` (see ``transforms_for_datalist``;
+    ``num_slices``, the slices drawn per training volume, applies to the volume format only)."""
     return transforms_for_datalist(read_datalist(datalist), split, img_size=img_size, **kwargs)
 
 

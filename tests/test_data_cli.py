@@ -60,6 +60,12 @@ def test_prepare_each_dataset(tmp_path, capsys):
     assert main(["prepare", "images2d", str(tmp_path / "ph2"), "--mask-suffix", "_lesion", "--test-fraction", "1",
                  "-o", str(tmp_path / "ph2.json")]) == 0
     assert json.loads((tmp_path / "ph2.json").read_text())["numTest"] == 3
+    for i in range(3):  # the same with each mask beside its image: the suffixed files are masks only
+        write_png(tmp_path / "ph2flat" / f"IMD{i:03d}.png", np.zeros((6, 6, 3)))
+        write_png(tmp_path / "ph2flat" / f"IMD{i:03d}_lesion.png", np.zeros((6, 6)))
+    assert main(["prepare", "images2d", str(tmp_path / "ph2flat"), "--images", ".", "--masks", ".", "--mask-suffix", "_lesion",
+                 "--test-fraction", "1", "-o", str(tmp_path / "ph2flat.json")]) == 0
+    assert json.loads((tmp_path / "ph2flat.json").read_text())["numTest"] == 3
 
     assert main(["prepare", "nifti", str(tmp_path / "btcv" / "RawData" / "Training"), "--images",
                  str(tmp_path / "btcv" / "RawData" / "Training" / "img"), "-o", str(tmp_path / "n.json")]) == 0

@@ -19,9 +19,10 @@ from _data_factories import (
     write_nifti,
     write_png,
 )
-from balr_sam.data.datalist import load_datalist, verify_datalist
+from balr_sam.data.datalist import SPLITS, load_datalist, verify_datalist
 from balr_sam.data.prepare import prepare_images2d, prepare_isic2017, prepare_nifti, prepare_polyp, prepare_synapse
 from balr_sam.data.splits import POLYP_TEST_SETS, TRANSUNET_TEST_IDS, TRANSUNET_TRAIN_IDS, fraction_split
+from balr_sam.errors import DataError
 
 SYNAPSE_LABELS = {"0": "background", "1": "spleen", "2": "kidney_right", "3": "kidney_left", "4": "gallbladder",
                   "5": "liver", "6": "stomach", "7": "aorta", "8": "pancreas"}
@@ -164,6 +165,36 @@ def test_images2d_generic_pairing(tmp_path):
         write_png(tmp_path / "kv" / "masks" / f"c{i}.jpg", np.full((10, 12), 250))
     dl = prepare_images2d(tmp_path / "kv", None, test_fraction=1.0)
     assert dl["numTest"] == 3 and dl["label_set"] == "binary"
+
+
+def test_images2d_masks_beside_their_images(tmp_path):
+    # the common flat layout: IMD004.bmp + IMD004_lesion.bmp in one folder; the suffixed files are the masks
+    rng = np.random.default_rng(0)
+    flat = tmp_path / "flat"
+    for i in range(4):
+        write_png(flat / f"IMD{i:03d}.png", rng.integers(0, 255, (10, 12, 3)))
+        write_png(flat / f"IMD{i:03d}_lesion.png", np.full((10, 12), 255))
+    (flat / "index.csv").write_text("image,mask\n")
+    dl = prepare_images2d(flat, flat / "flat.json", images=".", masks=".", mask_suffix="_lesion", skip_bad=True)
+    cases = [c for s in ("training", "validation", "test") for c in dl[s]]
+    assert "failed" not in dl and sorted(c["case_id"] for c in cases) == [f"IMD{i:03d}" for i in range(4)]
+    assert {(c["image"], c["label"]) for c in cases} == {(f"IMD{i:03d}.png", f"IMD{i:03d}_lesion.png") for i in range(4)}
+    # the split is the one of the same cases in images/ + masks/
+    for i in range(4):
+        write_png(tmp_path / "two" / "images" / f"IMD{i:03d}.png", np.zeros((10, 12, 3)))
+        write_png(tmp_path / "two" / "masks" / f"IMD{i:03d}_lesion.png", np.zeros((10, 12)))
+    two = prepare_images2d(tmp_path / "two", None, mask_suffix="_lesion")
+    assert {s: [c["case_id"] for c in dl[s]] for s in SPLITS} == {s: [c["case_id"] for c in two[s]] for s in SPLITS}
+    # unpaired files are still reported, each on its own side
+    write_png(flat / "IMD100.png", np.zeros((10, 12, 3)))
+    write_png(flat / "IMD200_lesion.png", np.zeros((10, 12)))
+    dl = prepare_images2d(flat, None, images=".", masks=".", mask_suffix="_lesion", skip_bad=True)
+    assert [(f["case_id"], f["error"].split(": ", 1)[1]) for f in dl["failed"]] == [
+        ("IMD100", f"no matching mask IMD100_lesion.* in {flat}"),
+        ("IMD200_lesion", f"mask without an image in {flat}"),
+    ]
+    with pytest.raises(DataError, match="images and masks in the same folder need a mask suffix"):
+        prepare_images2d(flat, None, images=".", masks=".")
 
 
 def test_nifti_flat_layout_with_labels_and_dicom(tmp_path):

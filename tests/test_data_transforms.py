@@ -10,6 +10,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, LoadImaged, SaveImaged
 
 from _data_factories import affine_for, make_transunet_tree, write_nifti, write_png
+from balr_sam.data.datalist import slices_as_volumes
 from balr_sam.data.io import VolumeReader
 from balr_sam.data.pipelines import (
     AXCODES,
@@ -21,7 +22,8 @@ from balr_sam.data.pipelines import (
     synapse_npz_train_transforms,
     transforms_for_datalist,
 )
-from balr_sam.data.transforms import AlignToReferenced, LoadVolumed, MapLabelsd, RandSampleSlicesd
+from balr_sam.data.transforms import AlignToReferenced, LoadArrayd, LoadVolumed, MapLabelsd, RandSampleSlicesd
+from balr_sam.errors import DataError
 from balr_sam.labels import get_label_set, remap_labels
 
 # --------------------------------------------------------------------------------------------
@@ -218,6 +220,36 @@ def test_transunet_pipelines(tmp_path):
     assert d["image"].shape == (1, 32, 32, 4) and d["label"].shape == (1, 16, 16, 4)
     d["pred"] = MetaTensor(torch.rand(9, 32, 32, 4), meta=dict(d["image"].meta))
     assert Invertd("pred", transform=pre, orig_keys="image")(d)["pred"].shape == (9, 16, 16, 4)
+
+
+def test_transunet_validation_case_stacks_its_slices_into_a_volume(tmp_path):
+    # TransUNet ships training cases as slices only: a validation case is its slices stacked in slice order
+    root = make_transunet_tree(tmp_path, {5: 3, 6: 2}, test_cases=[], size=16)
+    items = [{"case_id": f"{c:04d}", "slice": k, "image": str(root / "train_npz" / f"case{c:04d}_slice{k:03d}.npz")}
+             for c, k in [(5, 2), (6, 0), (5, 0), (6, 1), (5, 1)]]
+    for item in items:
+        item["label"] = item["image"]
+    volumes = slices_as_volumes(items)
+    assert [v["case_id"] for v in volumes] == ["0005", "0006"] and [v["slices"] for v in volumes] == [[0, 1, 2], [0, 1]]
+    pre = synapse_h5_preprocessing(img_size=32)
+    d = pre(volumes[0])
+    assert d["image"].shape == (1, 32, 32, 3) and d["label"].shape == (1, 16, 16, 3)
+    for k in range(3):
+        with np.load(root / "train_npz" / f"case0005_slice{k:03d}.npz") as npz:
+            np.testing.assert_array_equal(d["label"][0, ..., k].numpy(), npz["label"])
+    d["pred"] = MetaTensor(torch.rand(9, 32, 32, 3), meta=dict(d["image"].meta))
+    assert Invertd("pred", transform=pre, orig_keys="image")(d)["pred"].shape == (9, 16, 16, 3)
+    with pytest.raises(DataError, match="a list of 3 slice files"):
+        LoadArrayd(keys="image", ndim=2)({"image": volumes[0]["image"]})
+
+
+def test_transforms_for_datalist_takes_slices_per_volume_for_every_format():
+    # train.json passes num_slices whatever the format; only the volume pipeline samples slices
+    for fmt in ("volume", "transunet", "image2d"):
+        assert isinstance(transforms_for_datalist({"format": fmt}, "training", img_size=32, num_slices=3), Compose)
+    samplers = [t for t in transforms_for_datalist({"format": "volume"}, "training", num_slices=3).transforms
+                if isinstance(t, RandSampleSlicesd)]
+    assert len(samplers) == 1 and samplers[0].num_samples == 3
 
 
 def test_transforms_for_datalist_picks_pipeline():

@@ -6,7 +6,8 @@ Datasets (one sub-command each, see :mod:`balr_sam.data.prepare` for the layouts
   TransUNet's 18/12 split, or a seeded fraction split for other case numbers.
 - ``isic2017``: the official ISIC 2017 Part 1 folders.
 - ``polyp``: PraNet's ``TrainDataset/`` + ``TestDataset/<five sets>/``.
-- ``images2d``: any "images folder + masks folder" 2D dataset (Kvasir-SEG, PH2...).
+- ``images2d``: any "images folder + masks folder" 2D dataset (Kvasir-SEG, PH2...), or one folder
+  with each mask beside its image (``--images . --masks . --mask-suffix _lesion``).
 - ``nifti``: any folder of volumes and/or DICOM series, labels optional.
 
 Examples::
@@ -91,11 +92,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-threshold", type=float, default=127)
     p.set_defaults(func=run)
 
-    p = sub.add_parser("images2d", help="generic 2D: <src>/images + <src>/masks paired by name")
+    p = sub.add_parser("images2d", help="generic 2D: <src>/images + <src>/masks paired by name (or one folder: --images . --masks .)")
     _common(p)
     p.add_argument("--images", default="images", help="image sub-folder (default images)")
-    p.add_argument("--masks", default="masks", help="mask sub-folder (default masks)")
-    p.add_argument("--mask-suffix", default="", help="mask name = image stem + suffix, e.g. _lesion (PH2)")
+    p.add_argument("--masks", default="masks", help="mask sub-folder (default masks; the image folder itself when masks lie beside the images)")
+    p.add_argument("--mask-suffix", default="", help="mask name = image stem + suffix, e.g. _lesion (PH2); required when images and masks share a folder")
     p.add_argument("--label-set", default="binary", help="label set (binary, isic2017, polyp)")
     p.add_argument("--mask-threshold", type=float, default=127, help="foreground = value > threshold (default 127)")
     p.add_argument("--modality", default="photograph")

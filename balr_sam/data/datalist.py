@@ -64,6 +64,7 @@ __all__ = [
     "read_datalist",
     "relative_path",
     "set_counts",
+    "slices_as_volumes",
     "verify_datalist",
     "write_datalist",
 ]
@@ -235,6 +236,43 @@ def load_datalist(path: PathLike, split: str = "training", base_dir: Optional[Pa
             if isinstance(item.get(k), str):
                 item[k] = os.path.normpath(str(base / item[k]))
         out.append(item)
+    return out
+
+
+def slices_as_volumes(items: Sequence[dict]) -> List[dict]:
+    """One volume item per case from a ``transunet`` datalist's slice items, for whole-volume evaluation.
+
+    TransUNet ships its training cases only as ``.npz`` slices; a case moved to ``validation``
+    (``prepare_synapse(..., val_fraction=...)``) is therefore listed slice by slice. Validation
+    scores whole volumes (Dice and HD95 per case, as on the ``test_vol_h5`` volumes), so the
+    slices of each case are grouped, in slice order, into one item whose ``image`` and ``label``
+    are the lists of its slice files (:class:`~balr_sam.data.transforms.LoadArrayd` stacks them).
+    Items without a ``slice`` (h5 volumes) are kept as they are; cases keep their first order.
+
+    Args:
+        items: a split's cases (from :func:`load_datalist`).
+
+    Returns:
+        ``{"case_id", "image": [...], "label": [...], "slices": [...]}`` per sliced case, and the
+        other items unchanged.
+    """
+    out: List[dict] = []
+    cases: Dict[str, dict] = {}
+    for item in items:
+        if "slice" not in item:
+            out.append(item)
+            continue
+        case = cases.get(item["case_id"])
+        if case is None:
+            case = cases[item["case_id"]] = {"case_id": item["case_id"], "parts": []}
+            out.append(case)
+        case["parts"].append(item)
+    for case in cases.values():
+        parts = sorted(case.pop("parts"), key=lambda it: int(it["slice"]))
+        case["slices"] = [int(it["slice"]) for it in parts]
+        for key in PATH_KEYS:
+            if all(key in it for it in parts):
+                case[key] = [it[key] for it in parts]
     return out
 
 

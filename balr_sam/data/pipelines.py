@@ -318,10 +318,21 @@ def synapse_h5_preprocessing(
     strict_labels: bool = True,
     channels: int = 1,
 ) -> Compose:
-    """Preprocessing of TransUNet's test volumes (``test_vol_h5/*.npy.h5``), invertible by ``Invertd``.
+    """Preprocessing of TransUNet's volumes, invertible by ``Invertd``: a test volume
+    (``test_vol_h5/*.npy.h5``) or a training case's ``.npz`` slices given as a list (validation).
 
-    ``image`` (``D x H x W`` in the file) becomes ``1 x S x S x D`` (already in [0, 1]); the
+    ``image`` (``D x H x W`` in an h5 file) becomes ``1 x S x S x D`` (already in [0, 1]); the
     optional label is validated and kept ``1 x H x W x D`` for metrics.
+
+    Args:
+        img_size: in-plane side ``S`` the model sees.
+        image_key, label_key: item keys (``label_key=None``: no label).
+        label_set: the product's label set (labels are in its ids already).
+        strict_labels: reject label values outside the label set.
+        channels: 1, or 3 to repeat the channel.
+
+    Returns:
+        ``Compose``; ``image`` becomes ``channels x S x S x D`` float32 in [0, 1].
     """
     ops: list = [LoadArrayd(keys=image_key, array_keys=["image"], ndim=3)]
     if label_key:
@@ -337,20 +348,40 @@ def synapse_h5_preprocessing(
     return Compose(ops)
 
 
-def transforms_for_datalist(datalist: Mapping, split: str, img_size: int = 512, **kwargs) -> Compose:
+def transforms_for_datalist(datalist: Mapping, split: str, img_size: int = 512, *, num_slices: Optional[int] = None,
+                            **kwargs) -> Compose:
     """Pick the pipeline that fits a prepared datalist's ``format`` and a split.
 
     ``format`` ``"volume"`` (NIfTI/DICOM CT): :func:`ct_train_transforms` for ``training``,
     :func:`ct_inference_preprocessing` (with the label) otherwise; ``"transunet"``:
-    :func:`synapse_npz_train_transforms` / :func:`synapse_h5_preprocessing`; ``"image2d"``:
+    :func:`synapse_npz_train_transforms` / :func:`synapse_h5_preprocessing` (h5 volumes, and
+    validation cases as lists of their slices, see
+    :func:`~balr_sam.data.datalist.slices_as_volumes`); ``"image2d"``:
     :func:`image2d_train_transforms` / :func:`image2d_inference_preprocessing` with the
-    datalist's ``mask_threshold``. ``kwargs`` go to the chosen factory.
+    datalist's ``mask_threshold``.
+
+    Args:
+        datalist: the datalist (its ``format``, ``label_set`` and ``mask_threshold`` are used).
+        split: ``"training"`` gets the training pipeline, any other split the inference one.
+        img_size: side ``S`` the model sees.
+        num_slices: slices drawn per volume and call by the volume format's training pipeline
+            (its ``num_slices``); the other formats' training items are single 2D slices or
+            images already, so it does not apply to them. ``None``: the factory's default.
+        kwargs: passed to the chosen factory.
+
+    Returns:
+        the ``Compose``.
+
+    Raises:
+        ValueError: an unknown ``format``.
     """
     fmt = datalist.get("format")
     label_set = datalist.get("label_set", "synapse")
     train = split == "training"
     if fmt == "volume":
         if train:
+            if num_slices is not None:
+                kwargs["num_slices"] = num_slices
             return ct_train_transforms(img_size=img_size, label_set=label_set, **kwargs)
         return ct_inference_preprocessing(img_size=img_size, label_key="label", label_set=label_set, **kwargs)
     if fmt == "transunet":

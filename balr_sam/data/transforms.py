@@ -30,7 +30,7 @@ from monai.transforms import EnsureChannelFirst, MapTransform, Randomizable
 from monai.transforms.traits import MultiSampleTrait
 from monai.utils import convert_to_dst_type
 
-from balr_sam.data.io import VolumeReader, align_to_reference, read_array, read_image_2d, read_mask_2d
+from balr_sam.data.io import VolumeReader, align_to_reference, read_array, read_image_2d, read_mask_2d, read_slices
 from balr_sam.errors import DataError, find_error
 from balr_sam.labels import get_label_set
 
@@ -177,19 +177,26 @@ class LoadMask2Dd(MapTransform):
 class LoadArrayd(MapTransform):
     """Load TransUNet's preprocessed Synapse arrays (``.npz`` slices, ``.npy.h5`` volumes).
 
-    The value of each key is the file path; the array read is the one named ``array_keys[i]``
-    in the file (by default the key itself: ``"image"``, ``"label"``).
+    The value of each key is the file path, or a list of one case's ``.npz`` slice files in
+    slice order, stacked into a volume (:func:`~balr_sam.data.io.read_slices`: how a training
+    case that TransUNet ships as slices is validated as a whole volume). The array read is the
+    one named ``array_keys[i]`` in the file (by default the key itself: ``"image"``, ``"label"``).
 
     Args:
-        keys: keys whose values are ``.npz``/``.h5`` paths.
+        keys: keys whose values are ``.npz``/``.h5`` paths or lists of ``.npz`` paths.
         array_keys: names of the arrays in the files, one per key (default: the keys).
-        ndim: expected dimensionality (2 for ``train_npz`` slices, 3 for ``test_vol_h5``).
+        ndim: expected dimensionality (2 for ``train_npz`` slices, 3 for ``test_vol_h5``
+            volumes and stacked slices).
         dtype: output dtype.
         allow_missing_keys: skip absent keys.
 
     Returns (per key):
-        ``1 x H x W`` (slices) or ``1 x H x W x D`` (volumes, stored ``D x H x W``) float32
-        MetaTensor with an identity affine (the files carry no geometry).
+        ``1 x H x W`` (slices) or ``1 x H x W x D`` (volumes, stored ``D x H x W``; stacked
+        slices) float32 MetaTensor with an identity affine (the files carry no geometry);
+        ``filename_or_obj`` is the file (the first slice for stacked slices).
+
+    Raises:
+        DataError: unreadable file, missing array, wrong dimensionality, NaN/Inf.
     """
 
     def __init__(
@@ -210,10 +217,19 @@ class LoadArrayd(MapTransform):
     def __call__(self, data):
         d = dict(data)
         for key, name in self.key_iterator(d, self.array_keys):
-            arr = read_array(d[key], name, ndim=self.ndim).astype(self.dtype)
+            value = d[key]
+            if isinstance(value, (list, tuple)):
+                if self.ndim not in (None, 3):
+                    raise DataError(f"{value[0] if value else key}: expected a {self.ndim}D array in {name!r}, "
+                                    f"got a list of {len(value)} slice files (a volume)")
+                arr = read_slices(value, name).astype(self.dtype)
+                path = str(value[0])
+            else:
+                arr = read_array(value, name, ndim=self.ndim).astype(self.dtype)
+                path = str(value)
             d[key] = MetaTensor(
                 torch.from_numpy(arr[None].copy()),
-                meta={"filename_or_obj": str(d[key]), "spatial_shape": np.asarray(arr.shape), "original_channel_dim": float("nan")},
+                meta={"filename_or_obj": path, "spatial_shape": np.asarray(arr.shape), "original_channel_dim": float("nan")},
             )
         return d
 

@@ -52,7 +52,7 @@ DICOM series folders (SimpleITK/GDCM by default, pydicom + pylibjpeg as the alte
 both decode JPEG 2000), and the single-file ITK formats ``.nrrd``, ``.mha``, ``.mhd`` (SimpleITK).
 """
 
-from balr_sam.data.io.arrays import h5_header, npz_header, read_array
+from balr_sam.data.io.arrays import h5_header, npz_header, read_array, read_slices
 from balr_sam.data.io.dicom import dicom_series_files, is_dicom_series_dir, read_dicom_series
 from balr_sam.data.io.files import (
     IMAGE2D_SUFFIXES,
@@ -92,6 +92,7 @@ __all__ = [
     "read_image_2d",
     "read_image_2d_size",
     "read_mask_2d",
+    "read_slices",
     "read_volume",
     "read_volume_header",
     "strip_suffix",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from balr_sam.data.io.validation import require_finite
 from balr_sam.errors import DataError, first_line
 from balr_sam.types import PathLike
 
-__all__ = ["h5_header", "npz_header", "read_array"]
+__all__ = ["h5_header", "npz_header", "read_array", "read_slices"]
 
 
 def npz_header(path: PathLike) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
@@ -113,3 +113,30 @@ def read_array(path: PathLike, key: str, *, ndim: Optional[int] = None, check_fi
     if arr.ndim == 3:
         arr = np.ascontiguousarray(np.moveaxis(arr, 0, -1))
     return arr
+
+
+def read_slices(paths: Sequence[PathLike], key: str, *, check_finite: bool = True) -> np.ndarray:
+    """Stack one array from each of a case's TransUNet ``.npz`` slices into a volume.
+
+    TransUNet ships its training cases only as slices (``train_npz/caseXXXX_sliceYYY.npz``);
+    stacked in slice order they give the case's volume, as ``test_vol_h5`` stores test cases.
+
+    Args:
+        paths: the slice files, in slice order.
+        key: array name (``"image"`` or ``"label"``).
+        check_finite: raise on NaN/Inf.
+
+    Returns:
+        ``H x W x D`` array (``D = len(paths)``; axial slices last, like :func:`read_array`'s volumes).
+
+    Raises:
+        DataError: no files, a file :func:`read_array` refuses, or a slice whose shape differs
+        from the first one's.
+    """
+    if not paths:
+        raise DataError(f"no slice files to stack for array {key!r}")
+    slices = [read_array(p, key, ndim=2, check_finite=check_finite) for p in paths]
+    for path, arr in zip(paths, slices):
+        if arr.shape != slices[0].shape:
+            raise DataError(f"{path}: slice shape {arr.shape} differs from {slices[0].shape} of {paths[0]} in the same case")
+    return np.stack(slices, axis=-1)
