@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 
+import balr_sam.data.synthetic as synthetic
 from balr_sam.data.datalist import load_datalist, verify_datalist
 from balr_sam.data.io import read_image_2d, read_mask_2d
 from balr_sam.data.pipelines import ct_train_transforms
@@ -132,3 +134,27 @@ def test_synthetic_polyp_loads_as_pranet(tmp_path):
     for case in load_datalist(tmp_path / "polyp" / "dl.json", "test"):
         mask = read_mask_2d(case["label"], threshold=127)
         assert mask.sum() > 0 and read_image_2d(case["image"]).shape[:2] == mask.shape
+
+
+def test_an_interrupted_generation_is_replaced_by_overwrite(tmp_path, monkeypatch):
+    """A generation stopped after its first case (an error and no clean-up: what a kill leaves on
+    disk) is still recognised as a synthetic dataset: ``overwrite`` replaces it instead of refusing
+    to delete a folder without a marker."""
+    real, made = synthetic.make_ct_phantom, []
+
+    def killed_after_one_case(*args, **kwargs):
+        made.append(1)
+        if len(made) > 1:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    out = tmp_path / "ct"
+    monkeypatch.setattr(synthetic, "make_ct_phantom", killed_after_one_case)
+    with pytest.raises(RuntimeError, match="killed"):
+        generate_ct_dataset(out, cases=3, shape=(16, 16, 4))
+    assert json.loads((out / "synthetic.json").read_text()) == {"kind": "ct", "complete": False}
+    assert len(list((out / "img").iterdir())) == 1
+    monkeypatch.setattr(synthetic, "make_ct_phantom", real)
+    generate_ct_dataset(out, cases=2, shape=(16, 16, 4), overwrite=True)
+    assert json.loads((out / "synthetic.json").read_text())["complete"] is True
+    assert sorted(p.name for p in (out / "img").iterdir()) == ["img0001.nii.gz", "img0002.nii.gz"]

@@ -43,6 +43,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from balr_sam.atomic import atomic_write_text
 from balr_sam.data.splits import ISIC2017_FOLDERS, POLYP_TEST_SETS, fraction_split
 from balr_sam.errors import DataError
 from balr_sam.labels import get_label_set
@@ -68,7 +69,10 @@ def _rng(seed: int, kind: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), _KIND_SEEDS[kind], int(index)])
 
 
-def _prepare_outdir(outdir: PathLike, overwrite: bool) -> Path:
+def _prepare_outdir(outdir: PathLike, overwrite: bool, kind: str) -> Path:
+    """Create ``outdir`` (replacing a synthetic dataset there if ``overwrite``) and mark it as a
+    synthetic dataset in the making, before any case is written: a generation killed half-way
+    is still recognised as ours and replaced by the next ``overwrite``."""
     out = Path(outdir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -78,11 +82,13 @@ def _prepare_outdir(outdir: PathLike, overwrite: bool) -> Path:
             raise DataError(f"{out}: not a synthetic dataset folder (no synthetic.json); refusing to delete it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    _write_marker(out, {"kind": kind}, complete=False)
     return out
 
 
-def _write_marker(out: Path, params: dict) -> None:
-    (out / "synthetic.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+def _write_marker(out: Path, params: dict, complete: bool = True) -> None:
+    """``synthetic.json``: the parameters, and whether every file has been written (``complete``)."""
+    atomic_write_text(out / "synthetic.json", json.dumps({**params, "complete": complete}, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +258,7 @@ def generate_ct_dataset(
 
     if cases < 1:
         raise ValueError("cases must be >= 1")
-    out = _prepare_outdir(outdir, overwrite)
+    out = _prepare_outdir(outdir, overwrite, "ct")
     (out / "img").mkdir()
     (out / "label").mkdir()
     paths = []
@@ -431,7 +437,7 @@ def generate_isic_dataset(
 
     if cases < 1:
         raise ValueError("cases must be >= 1")
-    out = _prepare_outdir(outdir, overwrite)
+    out = _prepare_outdir(outdir, overwrite, "isic")
     groups = fraction_split(list(range(cases)), 0.2, 0.2, seed=0)  # file names do not depend on the seed
     for split in ISIC2017_FOLDERS:
         for folder in ISIC2017_FOLDERS[split]:
@@ -482,7 +488,7 @@ def generate_polyp_dataset(
     if cases < 1:
         raise ValueError("cases must be >= 1")
     test_cases = max(1, cases // 5) if test_cases is None else int(test_cases)
-    out = _prepare_outdir(outdir, overwrite)
+    out = _prepare_outdir(outdir, overwrite, "polyp")
     paths = []
     index = 0
     jobs: List[Tuple[Path, int]] = [(out / "TrainDataset", k) for k in range(1, cases + 1)]

@@ -8,16 +8,28 @@ pipeline needs:
   shape, affine and orientation, plus a ``<case>.json`` sidecar naming the labels;
 * finished cases are skipped on a re-run (``overwrite=False``); nothing existing is replaced
   unless asked;
-* every file is written to a temporary name in the output folder and renamed into place, so an
-  interrupted run never leaves a half-written output (:mod:`balr_sam.inference.writers`);
-* a per-case lock file keeps two processes on the same output folder from writing the same case;
-  locks of dead processes are taken over (:mod:`balr_sam.inference.locks`);
-* a bad case is reported with a one-line error and the others go on; the caller gets the list of
-  failures (the command exits non-zero if any);
+* every file is written to a temporary name in the output folder, flushed to disk and renamed
+  into place (:mod:`balr_sam.atomic`, :mod:`balr_sam.inference.writers`), so an interrupted run
+  never leaves a half-written output, and a case reported written is on disk;
+* a per-case lock file keeps two processes on the same output folder from writing the same case
+  (:mod:`balr_sam.inference.locks`: never half-written; locks of dead processes, and unreadable
+  ones past a grace period, are taken over; another host's are not);
+* no case is silently left out: cases another process holds are waited for (bounded,
+  ``wait_for_locks``), then reported as locked, apart from those already done; the command
+  exits with :data:`EXIT_LOCKED` (3) then, :data:`EXIT_FAILED` (1) if a case failed;
+* a bad case is reported with a one-line error and the others go on;
 * optionally the next case is read in a background thread while the current one is segmented
   (``balr-sam infer --prefetch``, on by default on CUDA); volumes are segmented slab by slab, with
   memory bounded by the input (:mod:`balr_sam.inference.streaming`);
-* under ``torchrun`` the case list is split across ranks (every case is written exactly once).
+* under ``torchrun`` the case list is split across ranks (every case is written exactly once);
+  each rank reports (and waits for) its own cases.
+
+Test hook (crash tests only): ``BALR_SAM_FAULT=after:<step>`` makes the process kill itself with
+``SIGKILL`` (:func:`balr_sam.atomic.fault_point`) at that step of the first case it writes. The
+steps (:data:`FAULT_STEPS`), in the order a case passes them: ``lock-created`` (its lock is in
+place), ``sidecar-written`` (``<case>.json`` renamed into place), ``image-temporary-written``
+(the label map complete under its temporary name, not yet renamed) and ``renamed`` (the label
+map renamed into place, its lock not yet removed). Any other value is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +45,19 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 
 import numpy as np
 
-from balr_sam.atomic import atomic_write_text, partial_files
+from balr_sam.atomic import FAULT_ENV, atomic_write_text, fault_point, partial_files
 from balr_sam.data.io import IMAGE2D_SUFFIXES, VOLUME_SUFFIXES, is_dicom_series_dir, list_folder, strip_suffix
-from balr_sam.errors import DataError, first_line
-from balr_sam.inference.locks import CaseLock
+from balr_sam.errors import BalrSamError, DataError, first_line
+from balr_sam.inference.locks import DEFAULT_GRACE_S, CaseLock, LockStatus
 from balr_sam.inference.writers import case_sidecar, write_label_nifti, write_label_png
 from balr_sam.types import PathLike
 
 __all__ = [
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_LOCKED",
+    "DEFAULT_WAIT_FOR_LOCKS_S",
+    "FAULT_STEPS",
     "InferenceItem",
     "InferenceReport",
     "find_inputs",
@@ -48,6 +66,14 @@ __all__ = [
     "StagedPredictor",
     "run_batch_inference",
 ]
+
+#: exit statuses of ``balr-sam infer``: every case done / a case failed / a case still locked by another process
+EXIT_OK, EXIT_FAILED, EXIT_LOCKED = 0, 1, 3
+#: how long a run waits by default for the cases another process holds (seconds)
+DEFAULT_WAIT_FOR_LOCKS_S = 60.0
+#: the steps of ``BALR_SAM_FAULT=after:<step>`` (see the module docstring)
+FAULT_STEPS = ("lock-created", "sidecar-written", "image-temporary-written", "renamed")
+_LOCK_POLL_S = 1.0  # seconds between retries of locked cases
 
 
 @dataclass(frozen=True)
@@ -61,15 +87,35 @@ class InferenceItem:
 
 @dataclass
 class InferenceReport:
-    """What a batch run did: cases written, skipped (done or locked by another process) and failed."""
+    """What a batch run did with the cases it was given.
+
+    Attributes:
+        written: cases segmented and written by this run.
+        skipped: cases already done (by an earlier run, or by another process while this one waited).
+        failed: ``(case, one-line reason)`` of cases that could not be segmented.
+        locked: ``(case, who holds the lock)`` of cases another process still held when the wait
+            for locks ended: not done, and not done by this run.
+    """
 
     written: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     failed: List[Tuple[str, str]] = field(default_factory=list)
+    locked: List[Tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        """Every case has its output (written or skipped)."""
+        return not self.failed and not self.locked
+
+    @property
+    def exit_status(self) -> int:
+        """:data:`EXIT_FAILED` if a case failed, else :data:`EXIT_LOCKED` if a case is still locked, else :data:`EXIT_OK`."""
+        return EXIT_FAILED if self.failed else EXIT_LOCKED if self.locked else EXIT_OK
+
+    def summary(self) -> str:
+        """``"W written, S skipped, F failed, L locked by another process (a, b)"``."""
+        names = f" ({', '.join(case for case, _ in self.locked)})" if self.locked else ""
+        return f"{len(self.written)} written, {len(self.skipped)} skipped, {len(self.failed)} failed, {len(self.locked)} locked by another process{names}"
 
 
 def find_inputs(source: PathLike) -> List[InferenceItem]:
@@ -147,6 +193,8 @@ def run_batch_inference(
     progress: bool = True,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
     prefetch: bool = False,
+    wait_for_locks: float = DEFAULT_WAIT_FOR_LOCKS_S,
+    lock_grace: float = DEFAULT_GRACE_S,
 ) -> InferenceReport:
     """Segment ``items`` one by one with ``predict`` and write the results safely.
 
@@ -163,14 +211,24 @@ def run_batch_inference(
         log: where one-line messages go.
         prefetch: read the next case in a background thread while this one is segmented (at most
             two cases in memory); needs a :class:`StagedPredictor`.
+        wait_for_locks: after the first pass, how long (seconds) to keep retrying the cases another
+            process holds locked (done by it meanwhile: skipped; released or gone stale: segmented here).
+        lock_grace: seconds after which an unreadable or empty lock is stale (:class:`CaseLock`).
 
     Returns:
-        the :class:`InferenceReport`; failures carry ``(case, one-line reason)``.
+        the :class:`InferenceReport`; failures carry ``(case, one-line reason)``, cases still
+        locked ``(case, who holds the lock)``.
+
+    Raises:
+        BalrSamError: ``$BALR_SAM_FAULT`` names no step of this runner (see the module docstring).
     """
     from tqdm.auto import tqdm
 
     from balr_sam.data.transforms import find_data_error
 
+    fault = os.environ.get(FAULT_ENV)
+    if fault and fault not in {f"after:{step}" for step in FAULT_STEPS}:
+        raise BalrSamError(f"{FAULT_ENV}={fault}: not a step of batch inference (after:{', after:'.join(FAULT_STEPS)})")
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = InferenceReport()
@@ -185,44 +243,79 @@ def run_batch_inference(
         if executor is not None and index < len(items) and index not in loads and (overwrite or not output_of(items[index]).exists()):
             loads[index] = executor.submit(predict.load, items[index])  # type: ignore[attr-defined]
 
-    bar = tqdm(items, desc="infer", unit="case", disable=not progress)
-    try:
-        for index, item in enumerate(bar):
-            output = output_of(item)
+    def segment(index: int, item: InferenceItem) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        if executor is None:
+            return predict(item)
+        future = loads.pop(index, None)
+        loaded = future.result() if future is not None else predict.load(item)  # type: ignore[attr-defined]
+        return predict.segment(item, loaded)  # type: ignore[attr-defined]
+
+    def attempt(index: int, item: InferenceItem, read_ahead: bool) -> Optional[LockStatus]:
+        """Settle one case (written, skipped or failed, into ``report``); the lock's status if another process holds it."""
+        output = output_of(item)
+        lock = CaseLock(output, grace=lock_grace)
+        if output.exists() and not overwrite:
+            loads.pop(index, None)
+            if lock.path.exists():
+                lock.clear_stale()  # a run killed after its rename left its lock behind
+            report.skipped.append(item.case)
+            return None
+        with lock:
+            if not lock.acquired:
+                loads.pop(index, None)
+                return lock.holder
+            fault_point("lock-created")
+            # re-checked under the lock: another process may have finished the case meanwhile
             if output.exists() and not overwrite:
                 loads.pop(index, None)
                 report.skipped.append(item.case)
-                continue
-            with CaseLock(output) as lock:
-                # re-checked under the lock: another process may have finished the case meanwhile
-                if not lock.acquired or (output.exists() and not overwrite):
-                    loads.pop(index, None)
-                    report.skipped.append(item.case)
-                    continue
-                sidecar = out_dir / f"{item.case}.json"
-                # leftovers of a writer killed mid-write: holding the lock, no live process owns them
-                for stale in partial_files(out_dir, lambda name: name in (output.name, sidecar.name)):
-                    stale.unlink(missing_ok=True)
+                return None
+            sidecar = out_dir / f"{item.case}.json"
+            # leftovers of a writer killed mid-write: holding the lock, no live process owns them
+            for stale in partial_files(out_dir, lambda name: name in (output.name, sidecar.name)):
+                stale.unlink(missing_ok=True)
+            lock.remove_leftovers()
+            if read_ahead:
                 schedule(index)
                 schedule(index + 1)  # read the next case while this one is segmented
-                try:
-                    if executor is not None:
-                        labels, affine = predict.segment(item, loads.pop(index).result())  # type: ignore[attr-defined]
-                    else:
-                        labels, affine = predict(item)
-                    text = json.dumps(case_sidecar(item.case, item.image, output, label_names, model_name), indent=2) + "\n"
-                    atomic_write_text(sidecar, text, ".json")
-                    if item.kind == "image2d":
-                        write_label_png(output, labels)
-                    else:
-                        write_label_nifti(output, labels, affine)
-                    report.written.append(item.case)
-                except Exception as err:  # one bad case must not stop the others
-                    data_error = find_data_error(err)
-                    reason = str(data_error) if data_error is not None else f"{item.image}: {first_line(err, with_type=True)}"
-                    report.failed.append((item.case, reason))
-                    log(f"balr-sam infer: case {item.case} failed: {reason}")
+            try:
+                labels, affine = segment(index, item)
+                text = json.dumps(case_sidecar(item.case, item.image, output, label_names, model_name), indent=2) + "\n"
+                atomic_write_text(sidecar, text, ".json")
+                fault_point("sidecar-written")
+                if item.kind == "image2d":
+                    write_label_png(output, labels)
+                else:
+                    write_label_nifti(output, labels, affine)
+                fault_point("renamed")
+                report.written.append(item.case)
+            except Exception as err:  # one bad case must not stop the others
+                data_error = find_data_error(err)
+                reason = str(data_error) if data_error is not None else f"{item.image}: {first_line(err, with_type=True)}"
+                report.failed.append((item.case, reason))
+                log(f"balr-sam infer: case {item.case} failed: {reason}")
+        return None
+
+    held: List[Tuple[int, InferenceItem, LockStatus]] = []
+    try:
+        for index, item in enumerate(tqdm(items, desc="infer", unit="case", disable=not progress)):
+            status = attempt(index, item, read_ahead=True)
+            if status is not None:
+                held.append((index, item, status))
+        # cases another process holds: wait (bounded) for it to finish them, or for its lock to go stale
+        deadline = time.monotonic() + max(0.0, wait_for_locks)
+        if held:
+            log(f"balr-sam infer: {len(held)} case(s) locked by another process, waiting up to {wait_for_locks:g} s: {', '.join(it.case for _, it, _ in held)}")
+        while held and time.monotonic() < deadline:
+            time.sleep(min(_LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
+            still = []
+            for index, item, _ in held:
+                status = attempt(index, item, read_ahead=False)
+                if status is not None:
+                    still.append((index, item, status))
+            held = still
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+    report.locked.extend((item.case, status.reason) for _, item, status in held)
     return report

@@ -1,6 +1,8 @@
 """What batch inference writes per case: the label map (NIfTI for volumes, PNG for 2D images) and
 its JSON sidecar, each atomically (:mod:`balr_sam.atomic`: temporary file in the same folder,
-then renamed into place), so a reader never sees a half-written file under a final name.
+flushed to disk, then renamed into place), so a reader never sees a half-written file under a
+final name. The label map writers pass the crash-test step ``image-temporary-written``
+(:func:`balr_sam.atomic.fault_point`) once the temporary file is complete.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any, Dict, Mapping
 
 import numpy as np
 
-from balr_sam.atomic import atomic_write
+from balr_sam.atomic import atomic_write, fault_point
 
 __all__ = ["write_label_nifti", "write_label_png", "case_sidecar"]
 
@@ -22,7 +24,12 @@ def write_label_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> Non
     image = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), np.asarray(affine, dtype=np.float64))
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
-    atomic_write(path, lambda tmp: nib.save(image, tmp), ".nii.gz")
+
+    def write(tmp: str) -> None:
+        nib.save(image, tmp)
+        fault_point("image-temporary-written")
+
+    atomic_write(path, write, ".nii.gz")
 
 
 def write_label_png(path: Path, labels: np.ndarray, scale: int = 255) -> None:
@@ -30,7 +37,12 @@ def write_label_png(path: Path, labels: np.ndarray, scale: int = 255) -> None:
     from PIL import Image
 
     data = np.clip(np.asarray(labels) * scale, 0, 255).astype(np.uint8)
-    atomic_write(path, lambda tmp: Image.fromarray(data).save(tmp, format="PNG"), ".png")
+
+    def write(tmp: str) -> None:
+        Image.fromarray(data).save(tmp, format="PNG")
+        fault_point("image-temporary-written")
+
+    atomic_write(path, write, ".png")
 
 
 def case_sidecar(case: str, image: str, output: Path, label_names: Mapping[Any, str], model: str) -> Dict[str, Any]:
