@@ -43,7 +43,7 @@ def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int 
     """Run the demo; returns the evaluation summary plus the paths written."""
     from monai.bundle import run as bundle_run
 
-    from balr_sam.bundle_support import write_evaluation_report
+    from balr_sam.evaluation import write_evaluation_report
     from balr_sam.commands.infer import BundlePredictor
     from balr_sam.data.datalists import load_datalist, prepare_synapse
     from balr_sam.data.synthetic import generate_ct_dataset

@@ -60,6 +60,7 @@ from balr_sam.types import PathLike
 
 __all__ = [
     "IMAGE2D_SUFFIXES",
+    "NIFTI_SUFFIXES",
     "VOLUME_SUFFIXES",
     "Volume",
     "VolumeHeader",
@@ -76,6 +77,7 @@ __all__ = [
     "load_nifti",
     "nifti_affine",
     "npz_header",
+    "open_image_2d",
     "read_array",
     "read_dicom_series",
     "read_image_2d",
@@ -91,7 +93,8 @@ __all__ = [
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 #: File suffixes read as 2D images.
 IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: File suffixes of NIfTI files (a subset of :data:`VOLUME_SUFFIXES`).
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _DICOM_NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "SR", "PR", "KO", "REG", "RTPLAN", "RTDOSE"}
 _DICOM_SKIP_NAMES = {"DICOMDIR", "LICENSE", "README", "Thumbs.db", ".DS_Store"}
 _DICOM_SKIP_SUFFIXES = (".txt", ".json", ".xml", ".csv", ".md", ".nii", ".gz", ".png", ".jpg", ".jpeg",
@@ -227,7 +230,7 @@ def read_volume_header(path: PathLike) -> VolumeHeader:
         geom = _dicom_geometry(p)
         return VolumeHeader(str(p), geom["shape"], geom["affine"], "dicom")
     name = p.name.lower()
-    if name.endswith(_NIFTI_SUFFIXES):
+    if name.endswith(NIFTI_SUFFIXES):
         img = load_nifti(p)
         shape = _check_3d(p, img.shape)
         return VolumeHeader(str(p), shape, nifti_affine(p, img), "nifti")
@@ -745,9 +748,21 @@ def align_to_reference(
 # --------------------------------------------------------------------------------------------
 
 
-def _open_pil(path: Path):
+def open_image_2d(path: PathLike):
+    """Open a 2D image file with Pillow, decoded and checked: the pixels as stored, no conversion.
+
+    For readers that need the stored mode and bit depth (8/16-bit grey, colour), e.g. predicted
+    masks and label images; :func:`read_image_2d` and :func:`read_mask_2d` are built on it.
+
+    Returns:
+        the loaded ``PIL.Image.Image`` (use it as a context manager to close the file).
+
+    Raises:
+        DataError: missing, empty, unreadable or corrupt file, or a multi-frame image.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    path = Path(path)
     check_readable_file(path)
     try:
         img = Image.open(str(path))
@@ -784,7 +799,7 @@ def read_image_2d_size(path: PathLike) -> Tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
-    if p.name.lower().endswith(_NIFTI_SUFFIXES):
+    if p.name.lower().endswith(NIFTI_SUFFIXES):
         return tuple(_nifti_2d(p).shape)  # type: ignore[return-value]
     check_readable_file(p)
     try:
@@ -831,10 +846,10 @@ def read_image_2d(path: PathLike) -> np.ndarray:
         pixel type, wide image outside the 8-bit range.
     """
     p = Path(path)
-    if p.name.lower().endswith(_NIFTI_SUFFIXES):
+    if p.name.lower().endswith(NIFTI_SUFFIXES):
         arr = _nifti_2d(p).astype(np.float32)
         return np.repeat(arr[..., None], 3, axis=-1)
-    img = _open_pil(p)
+    img = open_image_2d(p)
     if img.mode in ("RGB",):
         arr = np.asarray(img)
     elif img.mode in ("RGBA", "P", "PA", "CMYK", "YCbCr", "LA", "L", "1", "LAB", "HSV"):
@@ -867,10 +882,10 @@ def read_mask_2d(path: PathLike, threshold: float = 127) -> np.ndarray:
         DataError: missing/corrupt file, multi-frame or 3D input.
     """
     p = Path(path)
-    if p.name.lower().endswith(_NIFTI_SUFFIXES):
+    if p.name.lower().endswith(NIFTI_SUFFIXES):
         arr = _nifti_2d(p)
     else:
-        img = _open_pil(p)
+        img = open_image_2d(p)
         if img.mode in ("L", "I", "I;16", "F", "1") or img.mode.startswith("I;"):
             arr = np.asarray(img)
         else:
