@@ -1,8 +1,9 @@
 """BALR-SAM: Boundary-Aware Low-Rank adaptation of the Segment Anything Model (arXiv 2509.24204).
 
 The package provides the network (:mod:`balr_sam.networks`), MONAI transforms and data
-preparation (:mod:`balr_sam.data`), metrics (:mod:`balr_sam.metrics`), Ignite handlers
-(:mod:`balr_sam.engine`) and the ``balr-sam`` command line. Submodules are imported on first
+preparation (:mod:`balr_sam.data`), metrics (:mod:`balr_sam.metrics`), evaluation
+(:mod:`balr_sam.evaluation`), Ignite handlers and metrics (:mod:`balr_sam.engine`) and the
+``balr-sam`` command line. Submodules are imported on first
 access (``balr_sam.engine``), so MONAI bundle configs only need ``"$import balr_sam"``.
 """
 

@@ -23,11 +23,13 @@ from monai.bundle import run
 from PIL import Image
 
 from _tiny_bundle import CONFIGS, META, TRAIN
+from balr_sam.cli import main
 from balr_sam.data.datalist import write_datalist
 from balr_sam.data.io import read_image_2d_size, read_mask_2d
 from balr_sam.data.prepare import prepare_images2d
+from balr_sam.engine import BinaryProtocolMetrics
 from balr_sam.errors import DataError
-from balr_sam.evaluation2d import BinaryProtocolMetrics, evaluate_2d_predictions, main as evaluation2d_main
+from balr_sam.evaluation import evaluate_2d_predictions
 from balr_sam.metrics import per_image_dice_iou, pooled_confusion_dice_iou
 
 EVALUATE = str(CONFIGS / "evaluate.json")
@@ -136,8 +138,6 @@ def test_evaluation_reports_dice_and_iou_by_the_protocol(job: dict) -> None:
 
 
 def test_infer_cli_writes_one_png_per_image_at_the_original_size(job: dict, tmp_path: Path) -> None:
-    from balr_sam.cli import main
-
     images = tmp_path / "images"
     images.mkdir()
     for item in job["test"]:
@@ -158,8 +158,8 @@ def test_infer_cli_writes_one_png_per_image_at_the_original_size(job: dict, tmp_
         sidecar = json.loads((out / f"{case}.json").read_text())
         assert sidecar["labels"] == {"0": "background", "1": "lesion" if job["name"] == "isic2017" else "polyp"}
     # the folder of PNG masks scores the same through the command line
-    assert evaluation2d_main(["--datalist", str(job["datalist"]), "--pred", str(out), "--output", str(tmp_path / "report"),
-                              "--label-set", job["name"], "--overlays", "0"]) == 0
+    assert main(["evaluate", "--datalist", str(job["datalist"]), "--pred", str(out), "--output", str(tmp_path / "report"),
+                 "--labels", job["name"], "--overlays", "0"]) == 0
     again = json.loads((tmp_path / "report" / "summary.json").read_text())
     first = json.loads((job["bundle"] / "runs" / "evaluation" / "summary.json").read_text())
     assert (again["dice"], again["iou"]) == (first["dice"], first["iou"])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from balr_sam.cli import main
 from balr_sam.errors import DataError
-from balr_sam.evaluation import evaluate_folder, pair_cases, read_label_file
+from balr_sam.evaluation import evaluate_case, evaluate_folder, pair_cases, read_label_file
 from balr_sam.labels import get_label_set, remap_labels
 
 SPACING = (0.8, 0.9, 2.5)
@@ -247,8 +247,6 @@ def test_bad_file_gives_clear_error_naming_it(folders, tmp_path, problem, messag
     else:
         path.write_bytes(b"not a nifti file")
     with pytest.raises(DataError) as err:
-        from balr_sam.evaluation import evaluate_case
-
         evaluate_case("case0000", path, dirs["label"] / "case0000.nii.gz", SYN)
     assert str(err.value).startswith(str(path)) and message in str(err.value)
 
@@ -361,3 +359,63 @@ def test_source_numbering_refuses_values_outside_it(tmp_path, label_map, top, va
                  "--output", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
     assert code != 0 and f"label value {top} is outside the '{label_map}' numbering" in err
+
+
+def test_nrrd_labels_are_read_through_data_io(folders, tmp_path):
+    """An NRRD ground truth (LPS world in its header) pairs with a NIfTI prediction of the same geometry."""
+    import SimpleITK as sitk
+
+    dirs, cases = folders
+    nrrd_dir = tmp_path / "nrrd"
+    nrrd_dir.mkdir()
+    for name, (_, gt) in cases.items():
+        img = sitk.GetImageFromArray(np.ascontiguousarray(gt.transpose(2, 1, 0)))
+        img.SetSpacing(SPACING)
+        img.SetOrigin((-10.0, 5.0, 30.0))  # the NIfTI origin (10, -5, 30) in LPS
+        img.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+        sitk.WriteImage(img, str(nrrd_dir / f"{name}.nrrd"))
+    label = read_label_file(nrrd_dir / "case0000.nrrd", SYN)
+    np.testing.assert_array_equal(label.data, cases["case0000"][1])
+    np.testing.assert_allclose(label.affine, _affine(), atol=1e-6)
+    res = evaluate_folder(dirs["pred"], nrrd_dir, tmp_path / "out", device="cpu", num_overlays=0, progress=False)
+    assert res.ok and res.summary["num_cases"] == 3
+    pred, gt = cases["case0000"]
+    assert res.summary["per_class"]["5"]["n_cases"] == 3
+    row = res.cases[0]
+    assert row.case == "case0000" and abs(row.values[0, 0] - mb.dc(pred == 1, gt == 1)) < 1e-6
+
+
+def test_datalist_split_through_the_command(tmp_path, capsys):
+    """``balr-sam evaluate --datalist`` scores a prepared CT datalist's split, as the bundle's evaluation does."""
+    from balr_sam.data.datalist import load_datalist
+    from balr_sam.data.prepare import prepare_synapse
+    from balr_sam.data.io import strip_suffix
+    from balr_sam.data.synthetic import generate_ct_dataset
+
+    data = tmp_path / "synapse"
+    generate_ct_dataset(data, cases=3, seed=1, shape=(32, 32, 6))
+    datalist = data / "datalist.json"
+    prepare_synapse(data, datalist, val_fraction=0.34, test_fraction=0.34, seed=0)
+    test = load_datalist(datalist, "test")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for item in test:  # predictions = the ground truth in product ids: Dice 1 everywhere it is defined
+        src = nib.load(item["label"])
+        ids = remap_labels(np.asanyarray(src.dataobj), "synapse", "btcv")
+        nib.save(nib.Nifti1Image(ids, src.affine), str(pred / f"{strip_suffix(Path(item['image']).name)}.nii.gz"))
+    out = tmp_path / "out"
+    args = ["evaluate", "--datalist", str(datalist), "--pred", str(pred), "--output", str(out), "--device", "cpu",
+            "--no-progress", "--overlays", "1"]
+    assert main(args) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_cases"] == len(test) >= 1 and summary["num_failed"] == 0
+    assert summary["mean"]["dice"] == pytest.approx(1.0) and summary["split"] == "test"
+    assert len(list((out / "overlays").glob("*.png"))) == 1
+    # a missing prediction is a failed case; --image belongs to --label folders
+    missing = next(pred.iterdir())
+    missing.unlink()
+    capsys.readouterr()
+    assert main([*args, "--overwrite"]) == 1
+    assert f"{missing}: no prediction for" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--overwrite", "--image", str(pred)])

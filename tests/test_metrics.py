@@ -12,6 +12,7 @@ from medpy.metric import binary as mb
 from scipy import ndimage as ndi
 
 from balr_sam import metrics as M
+from balr_sam.engine import SegmentationMetrics
 
 DICE_TOL = 1e-6
 HD_TOL = 1e-3
@@ -352,7 +353,7 @@ def test_segmentation_metrics_with_ignite_engine_one_hot_2d():
         return one_hot, gts[:, None]  # labels B x 1 x H x W
 
     engine = Engine(step)
-    metric = M.SegmentationMetrics(classes=[1, 2], protocol="transunet", class_names={1: "a", 2: "b"})
+    metric = SegmentationMetrics(classes=[1, 2], protocol="transunet", class_names={1: "a", 2: "b"})
     metric.attach(engine, "seg")
     engine.run(batches, max_epochs=1)
     ref = _direct_summary(pairs, [1, 2], "transunet")
@@ -373,7 +374,7 @@ def test_segmentation_metrics_3d_lists_and_metatensor_spacing():
     pairs = [_label_pair(rng, (16, 14, 8), 3) for _ in range(3)]
     spacing = (0.8, 1.2, 2.5)
     affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
-    metric = M.SegmentationMetrics(num_classes=3, protocol="clinical", spatial_dims=3)
+    metric = SegmentationMetrics(num_classes=3, protocol="clinical", spatial_dims=3)
     metric.reset()
     preds = [torch.nn.functional.one_hot(torch.from_numpy(p).long(), 3).permute(3, 0, 1, 2) for p, _ in pairs]
     gts = [MetaTensor(torch.from_numpy(g)[None].long(), affine=affine) for _, g in pairs]

@@ -39,9 +39,9 @@ def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int 
     """Run the demo; returns the evaluation summary plus the paths written."""
     from monai.bundle import run as bundle_run
 
-    from balr_sam.bundle_support import write_evaluation_report
     from balr_sam.data.datalist import load_datalist
     from balr_sam.data.prepare import prepare_synapse
+    from balr_sam.evaluation import write_evaluation_report
     from balr_sam.data.synthetic import generate_ct_dataset
     from balr_sam.inference import BundlePredictor, find_inputs, run_batch_inference
     from balr_sam.networks.variants import build_sam

@@ -1,4 +1,5 @@
-"""Ignite/MONAI engine parts for training and evaluating BALR-SAM from the bundle configs."""
+"""Ignite/MONAI engine parts for training and evaluating BALR-SAM from the bundle configs: handlers,
+Ignite metrics, determinism, schedulers."""
 
 from balr_sam.engine.determinism import RandomStates, ReplayedEpoch, SeedEachEpoch, epoch_seed, seed_everything
 from balr_sam.engine.handlers import (
@@ -14,10 +15,12 @@ from balr_sam.engine.handlers import (
     remove_partial_checkpoints,
     run_training,
 )
+from balr_sam.engine.metrics import BinaryProtocolMetrics, SegmentationMetrics
 from balr_sam.engine.schedulers import warmup_poly_lr
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "BinaryProtocolMetrics",
     "LoadTrainedModel",
     "NonFiniteLossError",
     "RandomStates",
@@ -25,6 +28,7 @@ __all__ = [
     "ResumeFromCheckpoint",
     "SaveBestModel",
     "SaveFinalModel",
+    "SegmentationMetrics",
     "SeedEachEpoch",
     "StopOnNonFiniteLoss",
     "TrainableWeights",

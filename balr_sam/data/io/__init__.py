@@ -56,6 +56,7 @@ from balr_sam.data.io.arrays import h5_header, npz_header, read_array, read_slic
 from balr_sam.data.io.dicom import dicom_series_files, is_dicom_series_dir, read_dicom_series
 from balr_sam.data.io.files import (
     IMAGE2D_SUFFIXES,
+    NIFTI_SUFFIXES,
     VOLUME_SUFFIXES,
     check_readable_file,
     is_image2d_path,
@@ -69,6 +70,7 @@ from balr_sam.data.io.volumes import Volume, VolumeHeader, VolumeReader, is_volu
 
 __all__ = [
     "IMAGE2D_SUFFIXES",
+    "NIFTI_SUFFIXES",
     "VOLUME_SUFFIXES",
     "Volume",
     "VolumeHeader",
