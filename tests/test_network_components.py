@@ -56,6 +56,20 @@ def test_cden_shape_size_and_zero_start() -> None:
     assert cden(x).abs().sum() > 0
 
 
+@pytest.mark.parametrize("stride", [8, 4])
+def test_cden_follows_the_embedding_stride_of_its_base(stride: int) -> None:
+    """Below stride 16 (LiteMedSAM: 4) top-down steps bring the features to the embedding's grid."""
+    cden = CDEN(out_channels=256, width=48, stride=stride)
+    assert 1_000_000 <= sum(p.numel() for p in cden.parameters()) <= 2_000_000
+    x = torch.randn(2, 3, 128, 96)
+    assert cden(x).shape == (2, 256, 128 // stride, 96 // stride) and not cden(x).any()
+    with torch.no_grad():
+        nn.init.normal_(cden.out_proj.weight)
+    assert cden(x).abs().sum() > 0
+    with pytest.raises(ValueError, match="stride"):
+        CDEN(stride=2)
+
+
 def test_cden_boundary_path_responds_to_edges() -> None:
     """The fixed high-pass filters are zero on flat images and non-zero at edges."""
     cden = CDEN(out_channels=32, width=8)
