@@ -8,6 +8,7 @@ from segment_anything.modeling.transformer import Attention
 from torch import nn
 
 from balr_sam.networks.adapters import LoRALinear, inject_adapters
+from balr_sam.networks.bases import get_base
 from balr_sam.networks.cden import CDEN
 from balr_sam.networks.lowrank_attention import LowRankTensorAttention, attention_approximation_error
 from balr_sam.networks.variants import build_sam
@@ -35,7 +36,7 @@ def test_lora_linear_starts_as_the_base_layer_and_merges_exactly() -> None:
 def test_adapters_go_after_attention_and_into_the_mlp_residual_path_of_every_block() -> None:
     encoder = build_sam("vit_t").image_encoder
     keys_before = set(encoder.state_dict())
-    replaced = inject_adapters(encoder, rank=2)
+    replaced = inject_adapters(encoder, targets=get_base("vit_t").adapter_targets, rank=2)
     assert replaced == [f"blocks.{i}.{t}" for i in range(len(encoder.blocks)) for t in ("attn.proj", "mlp.lin2")]
     added = set(encoder.state_dict()) - keys_before
     # the frozen weights keep their official names; only adapter factors are new

