@@ -8,6 +8,7 @@ from segment_anything.modeling.transformer import Attention
 from torch import nn
 
 from balr_sam.networks.adapters import LoRALinear, inject_adapters
+from balr_sam.networks.bases import get_base
 from balr_sam.networks.cden import CDEN
 from balr_sam.networks.lowrank_attention import LowRankTensorAttention, attention_approximation_error
 from balr_sam.networks.variants import build_sam
@@ -35,7 +36,7 @@ def test_lora_linear_starts_as_the_base_layer_and_merges_exactly() -> None:
 def test_adapters_go_after_attention_and_into_the_mlp_residual_path_of_every_block() -> None:
     encoder = build_sam("vit_t").image_encoder
     keys_before = set(encoder.state_dict())
-    replaced = inject_adapters(encoder, rank=2)
+    replaced = inject_adapters(encoder, targets=get_base("vit_t").adapter_targets, rank=2)
     assert replaced == [f"blocks.{i}.{t}" for i in range(len(encoder.blocks)) for t in ("attn.proj", "mlp.lin2")]
     added = set(encoder.state_dict()) - keys_before
     # the frozen weights keep their official names; only adapter factors are new
@@ -54,6 +55,20 @@ def test_cden_shape_size_and_zero_start() -> None:
     with torch.no_grad():
         nn.init.normal_(cden.out_proj.weight)
     assert cden(x).abs().sum() > 0
+
+
+@pytest.mark.parametrize("stride", [8, 4])
+def test_cden_follows_the_embedding_stride_of_its_base(stride: int) -> None:
+    """Below stride 16 (LiteMedSAM: 4) top-down steps bring the features to the embedding's grid."""
+    cden = CDEN(out_channels=256, width=48, stride=stride)
+    assert 1_000_000 <= sum(p.numel() for p in cden.parameters()) <= 2_000_000
+    x = torch.randn(2, 3, 128, 96)
+    assert cden(x).shape == (2, 256, 128 // stride, 96 // stride) and not cden(x).any()
+    with torch.no_grad():
+        nn.init.normal_(cden.out_proj.weight)
+    assert cden(x).abs().sum() > 0
+    with pytest.raises(ValueError, match="stride"):
+        CDEN(stride=2)
 
 
 def test_cden_boundary_path_responds_to_edges() -> None:

@@ -1,27 +1,38 @@
 """``balr-sam summary``: parameter counts and decoder attention memory of a BALR-SAM variant.
 
 The image encoder is built on PyTorch's ``meta`` device (shapes only), so even ViT-H is
-summarised in about a second without allocating its 2.5 GB of weights.
+summarised in about a second without allocating its 2.5 GB of weights. A base whose weights come
+with a package (``lite_medsam``) has its weight file checked (size and SHA-256) all the same.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 from balr_sam.networks.balr_sam import BALRSAMConfig, build_balr_sam
+from balr_sam.networks.bases import BASES, get_base
 from balr_sam.networks.report import decoder_memory_comparison, parameter_report
-from balr_sam.networks.variants import VARIANTS
+from balr_sam.types import PathLike
 
 __all__ = ["register", "summarize", "format_summary"]
 
 
-def summarize(variant: str, img_size: int = 1024, num_classes: int = 9, batch: int = 1, **options: Any) -> Dict[str, Any]:
-    """Parameter report and decoder attention memory comparison for one configuration."""
-    model = build_balr_sam(variant, num_classes=num_classes, img_size=img_size, encoder_device=torch.device("meta"), **options)
+def summarize(variant: str, img_size: Optional[int] = None, num_classes: int = 9, batch: int = 1, sam_checkpoint: Optional[PathLike] = None, **options: Any) -> Dict[str, Any]:
+    """Parameter report and decoder attention memory comparison for one configuration.
+
+    ``img_size`` defaults to the input size of the base's pretrained weights (1024 for SAM's
+    ViTs, 256 for LiteMedSAM); ``sam_checkpoint`` is the base's weight file, as for
+    :func:`build_balr_sam` (checked, decoder weights loaded).
+
+    Raises:
+        CheckpointError: the base's weights are missing or altered.
+    """
+    img_size = get_base(variant).native_img_size if img_size is None else img_size
+    model = build_balr_sam(variant, num_classes=num_classes, img_size=img_size, sam_checkpoint=sam_checkpoint, encoder_device=torch.device("meta"), **options)
     return {
         "variant": variant,
         "config": model.config.to_dict(),
@@ -66,15 +77,16 @@ def run(args: argparse.Namespace) -> int:
         options["adapter_rank"] = args.adapter_rank
     if args.decoder_rank_ratio is not None:
         options["decoder_rank_ratio"] = args.decoder_rank_ratio
-    summary = summarize(args.variant, img_size=args.img_size, num_classes=args.num_classes, batch=args.batch, **options)
+    summary = summarize(args.variant, img_size=args.img_size, num_classes=args.num_classes, batch=args.batch, sam_checkpoint=args.sam_checkpoint, **options)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
     parser = subparsers.add_parser("summary", help="parameter counts and decoder attention memory of a variant", description=__doc__)
-    parser.add_argument("--variant", default="vit_b", choices=sorted(VARIANTS))
-    parser.add_argument("--img-size", type=int, default=1024, help="model input size (default 1024, SAM's)")
+    parser.add_argument("--variant", default="vit_b", choices=sorted(BASES), help="SAM base (default vit_b)")
+    parser.add_argument("--img-size", type=int, default=None, help="model input size (default: the base's pretrained size, 1024 for SAM's ViTs, 256 for lite_medsam)")
+    parser.add_argument("--sam-checkpoint", default=None, help="the base's weight file (SAM ViTs: Meta's checkpoint, checked against the variant; lite_medsam: a copy of lite_medsam.pth instead of the package's)")
     parser.add_argument("--num-classes", type=int, default=BALRSAMConfig.num_classes, help="output classes incl. background (default 9, Synapse)")
     parser.add_argument("--batch", type=int, default=1, help="images per decoder pass for the memory count")
     parser.add_argument("--adapter-rank", type=int, default=None, help="override the adapter rank")

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from balr_sam.errors import CheckpointError
+from balr_sam.networks.bases import get_base
 from balr_sam.networks.balr_sam import BALRSAM, BALRSAMConfig, build_balr_sam
 from balr_sam.networks.trainable import base_fingerprint, fingerprints_match, load_trainable_checkpoint, load_trainable_state_dict
 from balr_sam.types import PathLike
@@ -85,7 +86,7 @@ def load_balr_sam(checkpoint: PathLike, sam_checkpoint: Optional[PathLike] = Non
     config = BALRSAMConfig.from_dict(payload["config"])
     options = {k: v for k, v in config.to_dict().items() if k not in ("variant", "num_classes", "img_size")}
     model = build_balr_sam(config.variant, config.num_classes, config.img_size, sam_checkpoint=sam_checkpoint, device=device, **options)
-    base = str(sam_checkpoint) if sam_checkpoint is not None else "random (no SAM checkpoint given)"
+    base = get_base(config.variant).weights.describe(sam_checkpoint)
     return _load_into(model, payload, checkpoint, merge=False, check_base=not allow_base_mismatch, base=base)
 
 

@@ -1,11 +1,12 @@
-"""Low-rank (LoRA-style) adapters for the ViT blocks of SAM's image encoder.
+"""Low-rank (LoRA-style) adapters for the transformer blocks of SAM's image encoder.
 
 BALR-SAM inserts adapters "post multi-head self-attention and within the MLP residual path" of
 every ViT block (paper, Fig. 1). This implementation places them on the two linear layers that
-write into the residual stream:
+write into the residual stream, named per base by ``SamBase.adapter_targets``:
 
 * ``attn.proj``: the output projection right after multi-head self-attention;
-* ``mlp.lin2``: the MLP's last projection, i.e. the MLP residual branch.
+* ``mlp.lin2`` (SAM's ViT) or ``mlp.fc2`` (LiteMedSAM's TinyViT): the MLP's last projection,
+  i.e. the MLP residual branch.
 
 Each becomes a :class:`LoRALinear`: ``y = W x + b + (alpha / r) * B(A(dropout(x)))`` with ``A``
 (r x in) Kaiming-initialised and ``B`` (out x r) zero-initialised, so an untrained adapted block
@@ -23,9 +24,7 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["LoRALinear", "DEFAULT_ADAPTER_TARGETS", "inject_adapters", "adapter_modules", "merge_adapters", "unmerge_adapters"]
-
-DEFAULT_ADAPTER_TARGETS = ("attn.proj", "mlp.lin2")
+__all__ = ["LoRALinear", "inject_adapters", "adapter_modules", "merge_adapters", "unmerge_adapters"]
 
 
 class LoRALinear(nn.Linear):
@@ -96,29 +95,40 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, rank={self.rank}, scaling={self.scaling:g}, merged={self.merged}"
 
 
-def inject_adapters(encoder: nn.Module, rank: int, alpha: Optional[float] = None, dropout: float = 0.0, targets: Sequence[str] = DEFAULT_ADAPTER_TARGETS) -> List[str]:
-    """Replace the target linear layers of every ViT block of ``encoder`` by :class:`LoRALinear`.
+def _matches(name: str, pattern: str) -> bool:
+    parts, wanted = name.split("."), pattern.split(".")
+    return len(parts) == len(wanted) and all(w == "*" or w == p for p, w in zip(parts, wanted))
+
+
+def inject_adapters(encoder: nn.Module, *, targets: Sequence[str], rank: int, alpha: Optional[float] = None, dropout: float = 0.0) -> List[str]:
+    """Replace the target linear layers of ``encoder`` by :class:`LoRALinear`, in module order.
 
     Args:
-        encoder: a ``segment_anything`` :class:`ImageEncoderViT` (anything with ``.blocks``).
+        encoder: an image encoder (``ImageEncoderViT``, TinyViT, ...).
+        targets: module names relative to ``encoder``, ``*`` standing for one name component
+            (``"blocks.*.attn.proj"``); each must match at least one module.
         rank, alpha, dropout: adapter hyper-parameters.
-        targets: dotted module paths inside each block (default: ``attn.proj`` and ``mlp.lin2``).
 
     Returns:
         The qualified names (relative to ``encoder``) of the replaced modules.
+
+    Raises:
+        TypeError: a matched module is not an ``nn.Linear``.
+        ValueError: a pattern matches nothing.
     """
+    named = [(name, module) for name, module in encoder.named_modules() if any(_matches(name, t) for t in targets)]
+    unmatched = [t for t in targets if not any(_matches(name, t) for name, _ in named)]
+    if unmatched:
+        raise ValueError(f"adapter targets {unmatched} match no module of {type(encoder).__name__}")
     replaced = []
-    for index, block in enumerate(encoder.blocks):
-        for target in targets:
-            parent_path, _, leaf = target.rpartition(".")
-            parent = block.get_submodule(parent_path) if parent_path else block
-            module = getattr(parent, leaf)
-            if isinstance(module, LoRALinear):
-                continue
-            if not isinstance(module, nn.Linear):
-                raise TypeError(f"blocks.{index}.{target} is {type(module).__name__}, not nn.Linear")
-            setattr(parent, leaf, LoRALinear.from_linear(module, rank=rank, alpha=alpha, dropout=dropout))
-            replaced.append(f"blocks.{index}.{target}")
+    for name, module in named:
+        if isinstance(module, LoRALinear):
+            continue
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"{name} is {type(module).__name__}, not nn.Linear")
+        parent_path, _, leaf = name.rpartition(".")
+        setattr(encoder.get_submodule(parent_path), leaf, LoRALinear.from_linear(module, rank=rank, alpha=alpha, dropout=dropout))
+        replaced.append(name)
     return replaced
 
 

@@ -1,7 +1,8 @@
 """Reading Meta's official SAM checkpoints safely and fitting them to any input size.
 
 Official checkpoints are plain state dicts of :class:`segment_anything.modeling.Sam`
-(``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``) for 1024 x 1024 inputs. They are
+(``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``) for 1024 x 1024 inputs; LiteMedSAM's
+``lite_medsam.pth`` has the same format (with its TinyViT encoder, for 256 x 256 inputs). They are
 read with ``torch.load(..., weights_only=True)``, so a file that would execute code is refused.
 For another input size, the absolute position embedding ``(1, 64, 64, C)`` is resized
 bilinearly (as SAMed does for 512 inputs) and every relative-position table whose length differs
@@ -23,7 +24,6 @@ from balr_sam.errors import CheckpointError
 from balr_sam.types import PathLike
 
 __all__ = [
-    "PathLike",
     "safe_torch_load",
     "read_sam_state_dict",
     "resize_position_tables",
@@ -112,7 +112,8 @@ def load_sam_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     """Load SAM weights into a :class:`Sam` built at any input size, checking every shape.
 
     Args:
-        module: a ``segment_anything`` :class:`Sam` (from :func:`balr_sam.networks.variants.build_sam`).
+        module: a ``segment_anything`` :class:`Sam` (from :meth:`balr_sam.networks.bases.SamBase.build`);
+            tensors on the ``meta`` device are checked but not filled.
         state_dict: official-format weights, e.g. from :func:`read_sam_state_dict`.
         source: name of the file they came from, for error messages.
 
@@ -136,7 +137,17 @@ def load_sam_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor], 
         problems.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
     if problems:
         raise CheckpointError(f"{source}: does not match the model: " + "; ".join(problems) + " - is it the checkpoint of another SAM variant?")
-    module.load_state_dict(weights, strict=True)
+    meta = {k for k, v in module.state_dict().items() if v.is_meta}  # shapes-only parts: checked above, not filled
+    module.load_state_dict({k: v for k, v in weights.items() if k not in meta}, strict=not meta)
+    _refresh_mode_caches(module)
+
+
+def _refresh_mode_caches(module: nn.Module) -> None:
+    """Re-apply their own mode to modules whose class overrides ``train``, so that what they cache
+    from their weights follows the loaded ones (TinyViT's attention caches its position biases)."""
+    for child in module.modules():
+        if type(child).train is not nn.Module.train:
+            child.train(child.training)
 
 
 def official_state_dict(sam: nn.Module) -> Dict[str, torch.Tensor]:

@@ -125,11 +125,11 @@ def measure_attention_memory(model: nn.Module, run: Callable[[], Any], attention
 def decoder_inputs(model: BALRSAM, batch: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random decoder input of :func:`decoder_memory_comparison` for ``model``.
 
-    Returns ``(image_embedding, image_pe, dense)`` of shapes ``(batch, C, S/16, S/16)``,
-    ``(1, C, S/16, S/16)`` and ``(1, C, 1, 1)``, drawn from a CPU generator seeded with 0 and
-    moved to the decoder's device.
+    Returns ``(image_embedding, image_pe, dense)`` of shapes ``(batch, C, g, g)``,
+    ``(1, C, g, g)`` and ``(1, C, 1, 1)`` (``g`` the base's embedding grid, ``model.embedding_size``),
+    drawn from a CPU generator seeded with 0 and moved to the decoder's device.
     """
-    dim, grid = model.mask_decoder.transformer_dim, model.img_size // 16
+    dim, grid = model.mask_decoder.transformer_dim, model.embedding_size
     device = next(model.mask_decoder.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(0)
     embedding = torch.randn(batch, dim, grid, grid, generator=generator).to(device)
@@ -170,7 +170,7 @@ def decoder_memory_comparison(model: BALRSAM, batch: int = 1) -> Dict[str, Any]:
     spec_dim = model.mask_decoder.transformer_dim
     transformer = model.mask_decoder.transformer
     device = next(model.mask_decoder.parameters()).device
-    grid = model.img_size // 16
+    grid = model.embedding_size
     sam_decoder = MaskDecoder(
         transformer_dim=spec_dim,
         transformer=TwoWayTransformer(depth=transformer.depth, embedding_dim=spec_dim, mlp_dim=transformer.layers[0].mlp.lin1.out_features, num_heads=transformer.layers[0].self_attn.num_heads),

@@ -23,7 +23,8 @@ import torch
 from balr_sam.atomic import atomic_write
 from balr_sam.errors import CheckpointError
 from balr_sam.networks.balr_sam import BALRSAM
-from balr_sam.networks.checkpoint import PathLike, safe_torch_load
+from balr_sam.networks.checkpoint import safe_torch_load
+from balr_sam.types import PathLike
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -4,6 +4,7 @@
 (``sam_vit_b_01ec64.pth``, ``sam_vit_l_0b3195.pth``, ``sam_vit_h_4b8939.pth``). ``vit_t`` and
 ``vit_s`` are small variants of the same classes, with random weights only, for CPU tests and the
 embedded demo. Every variant can be built at any input size that is a multiple of 16.
+:mod:`balr_sam.networks.bases` describes them, with LiteMedSAM, as the bases BALR-SAM builds on.
 """
 
 from __future__ import annotations
