@@ -419,3 +419,20 @@ def test_datalist_split_through_the_command(tmp_path, capsys):
     assert f"{missing}: no prediction for" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--overwrite", "--image", str(pred)])
+
+
+def test_image_off_the_label_grid_is_left_out_of_the_overlay(folders, tmp_path, capsys):
+    """Overlays orient the image by the label's affine: an image of the same shape stored in another
+    orientation is not drawn under the labels (one line says why), the overlay is still written."""
+    dirs, cases = folders
+    for name in cases:
+        path = dirs["image"] / f"{name}_0000.nii.gz"
+        img = nib.load(str(path))
+        flipped = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine  # same voxels, mirrored world positions
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), flipped), str(path))
+    res = evaluate_folder(dirs["pred"], dirs["label"], tmp_path / "out", image_dir=dirs["image"], device="cpu",
+                          num_overlays=1, progress=False)
+    err = capsys.readouterr().err
+    assert res.ok and len(res.summary["overlays"]) == 2
+    assert err.count("voxel-to-world affine does not match the label") == 2 and "overlay without image" in err
+    assert all((tmp_path / "out" / o["file"]).is_file() for o in res.summary["overlays"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from balr_sam.evaluation.datalist import write_evaluation_report
 from balr_sam.evaluation.images2d import evaluate_2d_predictions, protocol_for_label_set
-from balr_sam.evaluation.overlays import draw_overlays, save_overlay
+from balr_sam.evaluation.overlays import OverlaySlice, draw_overlays, overlay_slice, save_overlay
 from balr_sam.evaluation.pairing import (
     PRED_NAMES,
     case_key,
@@ -60,6 +60,7 @@ __all__ = [
     "CaseResult",
     "EvaluationResult",
     "LabelVolume",
+    "OverlaySlice",
     "SaveMask2Dd",
     "case_key",
     "check_pair_geometry",
@@ -73,6 +74,7 @@ __all__ = [
     "find_prediction",
     "index_images",
     "list_case_files",
+    "overlay_slice",
     "pair_cases",
     "prepare_output",
     "protocol_for_label_set",

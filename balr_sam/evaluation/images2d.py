@@ -113,7 +113,7 @@ def _draw_overlays_2d(output_dir: Path, cases: Sequence[Dict[str, Any]], label_s
     def draw(tag: str, rank: int, c: Dict[str, Any]) -> None:
         pred = read_prediction_2d(c["prediction"]) >= threshold
         gt = read_mask_2d(c["label"], threshold=mask_threshold)
-        gt_vol, pred_vol = (LabelVolume(a.astype(np.uint8), None, (1.0, 1.0), 1, True) for a in (gt, pred))
+        gt_vol, pred_vol = (LabelVolume(a.astype(np.uint8), None, (1.0, 1.0), True) for a in (gt, pred))
         save_overlay(folder / f"{tag}_{rank}_{c['case']}.png", gt_vol, pred_vol, ls,
                      f"{c['case']}: Dice {c['dice']:.3f}, IoU {c['iou']:.3f}", image=read_image_2d(c["image"]))
 

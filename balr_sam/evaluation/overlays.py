@@ -2,9 +2,19 @@
 
 An evaluation draws its worst and best cases (:func:`draw_overlays`, ``num_overlays`` of each,
 by mean Dice; a case drawn as worst is not drawn again as best) into
-``overlays/{worst,best}_<rank>_<case>.png`` with :func:`save_overlay`: for a volume the axial
-slice (the array axis closest to the patient's z axis) with the most ground-truth foreground;
-panels image / ground truth / prediction (the image panel only when an image is known).
+``overlays/{worst,best}_<rank>_<case>.png`` with :func:`save_overlay`: the slice with the most
+ground-truth foreground (the prediction's when the ground truth is empty); panels image / ground
+truth / prediction (the image panel only when an image is known).
+
+**Orientation.** Volumes are shown as radiologists read them, whatever the voxel order the file
+stores (:func:`overlay_slice` reorients by the affine, with nibabel's orientation tools): axial
+slices with the patient's right on the viewer's **left** and anterior **up** (picture rows run
+towards posterior, columns towards the patient's left: nibabel axis codes ``P, L`` for rows and
+columns, ``S`` across the slices). A volume stored RAS, LPS or with permuted axes gives the same
+picture. A single-slice volume (a 2D NIfTI label map) is shown in its own plane: coronal with
+superior up and the patient's right on the left (``I, L``), sagittal with superior up and
+anterior on the left (``I, P``). Raster images (PNG, JPEG...) have no affine and are shown as
+stored (row 0 at the top). Pixels are drawn with their physical aspect ratio.
 """
 
 from __future__ import annotations
@@ -12,7 +22,8 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -23,7 +34,15 @@ from balr_sam.evaluation.reports import class_order
 from balr_sam.labels import LabelSet
 from balr_sam.types import PathLike
 
-__all__ = ["draw_overlays", "save_overlay"]
+__all__ = ["DISPLAY_AXES", "OverlaySlice", "draw_overlays", "overlay_slice", "save_overlay"]
+
+#: Picture axes (rows, columns, slices) as nibabel axis codes, keyed by the world axis normal to the
+#: picture (0: left-right, 1: posterior-anterior, 2: inferior-superior); radiological convention.
+DISPLAY_AXES: Dict[int, Tuple[str, str, str]] = {
+    2: ("P", "L", "S"),  # axial: anterior up, the patient's right on the viewer's left
+    1: ("I", "L", "P"),  # coronal: superior up, the patient's right on the viewer's left
+    0: ("I", "P", "L"),  # sagittal: superior up, anterior on the viewer's left
+}
 
 _Case = TypeVar("_Case")
 
@@ -67,8 +86,80 @@ def draw_overlays(
     return results
 
 
-def _slice(arr: np.ndarray, axis: int, index: int) -> np.ndarray:
-    return np.take(arr, index, axis=axis)
+@dataclass
+class OverlaySlice:
+    """The 2D arrays an overlay draws, in display order (row 0 at the top, column 0 on the left).
+
+    Attributes:
+        label: ``H x W`` ground-truth product ids.
+        pred: ``H x W`` predicted product ids.
+        image: ``H x W`` intensities or ``H x W x 3`` colours, ``None`` without an image.
+        pixel_size: ``(row, column)`` pixel size (mm for volumes, 1 for raster images).
+        index: the slice's index along the file's own slice axis (0 for 2D data).
+    """
+
+    label: np.ndarray
+    pred: np.ndarray
+    image: Optional[np.ndarray]
+    pixel_size: Tuple[float, float]
+    index: int
+
+
+def _orientation(affine: np.ndarray) -> np.ndarray:
+    """nibabel's ``io_orientation`` of ``affine``; the undefined third axis of a 2D image's affine
+    (a zero column) is given the world axis its two in-plane axes leave free."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
+    missing = np.isnan(ornt[:, 0])
+    if missing.any():
+        free = [w for w in range(3) if w not in {int(a) for a in ornt[~missing, 0]}]
+        for axis, world in zip(np.flatnonzero(missing), free):
+            ornt[axis] = (world, 1.0)
+    return ornt
+
+
+def overlay_slice(label: LabelVolume, pred: LabelVolume, image: Optional[np.ndarray] = None) -> OverlaySlice:
+    """The slice an overlay shows, reoriented for display (see the module docstring).
+
+    A volume's slice is the one with the most ground-truth foreground (the prediction's when the
+    ground truth is empty) along the axis nearest to the patient's z axis (ties: the most inferior).
+
+    Args:
+        label, pred: the ground truth and the prediction, on the same voxel grid.
+        image: the image on the same grid (``label.data.shape``, colour channels last), or ``None``.
+
+    Returns:
+        the :class:`OverlaySlice`.
+    """
+    if label.affine is None:  # a raster image: as stored
+        return OverlaySlice(label.data, pred.data, image, (label.spacing[0], label.spacing[1]), 0)
+    import nibabel as nib
+
+    flat = label.data.ndim == 2
+    ornt = _orientation(label.affine)
+    normal = int(ornt[2, 0]) if flat else 2
+    transform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(DISPLAY_AXES[normal]))
+
+    def shown(arr: np.ndarray) -> np.ndarray:
+        return nib.orientations.apply_orientation(arr[:, :, None] if flat else arr, transform)
+
+    gt, pr = shown(label.data), shown(pred.data)
+    img = shown(image) if image is not None else None
+    fg = (gt > 0).sum(axis=(0, 1))
+    if not fg.any():
+        fg = (pr > 0).sum(axis=(0, 1))
+    k = int(np.argmax(fg))
+    source = [int(np.flatnonzero(transform[:, 0] == out)[0]) for out in range(3)]  # file axis of each display axis
+    index = 0 if flat else (label.data.shape[source[2]] - 1 - k if transform[source[2], 1] < 0 else k)
+    spacing = tuple(label.spacing) + (1.0,) * (3 - len(label.spacing))
+    return OverlaySlice(
+        np.ascontiguousarray(gt[:, :, k]),
+        np.ascontiguousarray(pr[:, :, k]),
+        np.ascontiguousarray(img[:, :, k]) if img is not None else None,
+        (spacing[source[0]], spacing[source[1]]),
+        index,
+    )
 
 
 def _normalise_image(img: np.ndarray) -> np.ndarray:
@@ -89,11 +180,17 @@ def save_overlay(
     title: str,
     image: Optional[np.ndarray] = None,
 ) -> int:
-    """Save image / ground truth / prediction panels of the slice with the most foreground.
+    """Save image / ground truth / prediction panels of :func:`overlay_slice` as a PNG, atomically.
 
-    For 3D data the slice is taken along ``label.axial_axis`` where the ground truth has the most
-    foreground voxels (the prediction's when the ground truth is empty); NIfTI slices are rotated
-    by 90 degrees for display. Returns the slice index (0 for 2D).
+    Args:
+        path: the PNG file.
+        label, pred: the ground truth and the prediction, on the same voxel grid.
+        label_set: the classes' names (legend) and order (colours).
+        title: the picture's title.
+        image: the image on the label's voxel grid, or ``None`` (no image panel).
+
+    Returns:
+        the slice index in the file's own voxel order (0 for 2D).
     """
     import matplotlib
 
@@ -101,27 +198,9 @@ def save_overlay(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    gt, pr = label.data, pred.data
-    index = 0
-    in_plane: Tuple[int, ...] = (0, 1)
-    if gt.ndim == 3:
-        ax = label.axial_axis
-        others = tuple(d for d in range(3) if d != ax)
-        in_plane = others
-        fg = (gt > 0).sum(axis=others)
-        if not fg.any():
-            fg = (pr > 0).sum(axis=others)
-        index = int(np.argmax(fg))
-        gt2, pr2 = _slice(gt, ax, index), _slice(pr, ax, index)
-        img2 = _slice(image, ax, index) if image is not None else None
-    else:
-        gt2, pr2, img2 = gt, pr, image
-    row_sp, col_sp = label.spacing[in_plane[0]], label.spacing[in_plane[1]]
-    if not label.raster:
-        gt2, pr2 = np.rot90(gt2), np.rot90(pr2)
-        img2 = np.rot90(img2) if img2 is not None else None
-        row_sp, col_sp = col_sp, row_sp
-    aspect = row_sp / col_sp  # square millimetres on screen
+    shown = overlay_slice(label, pred, image)
+    gt2, pr2, img2 = shown.label, shown.pred, shown.image
+    aspect = shown.pixel_size[0] / shown.pixel_size[1]  # square millimetres on screen
     base = _normalise_image(img2) if img2 is not None else np.zeros(gt2.shape, dtype=np.float32)
 
     order = class_order(label_set)
@@ -158,4 +237,4 @@ def save_overlay(
         fig.tight_layout(rect=(0, 0.08 if present else 0, 1, 0.95))
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80), ".png")
     plt.close(fig)
-    return index
+    return shown.index

@@ -61,24 +61,13 @@ class LabelVolume:
         data: ``uint8`` array (2D or 3D), product ids.
         affine: 4x4 voxel-to-world (RAS) matrix of a volume, ``None`` for raster images.
         spacing: voxel size per array axis (unit for raster images).
-        axial_axis: array axis closest to the world z axis (last axis if unknown).
         raster: whether it came from a raster image (PNG/JPEG...).
     """
 
     data: np.ndarray
     affine: Optional[np.ndarray]
     spacing: Tuple[float, ...]
-    axial_axis: int
     raster: bool
-
-
-def _axial_axis(affine: Optional[np.ndarray], ndim: int) -> int:
-    if affine is None or ndim < 3:
-        return ndim - 1
-    rot = np.asarray(affine, dtype=np.float64)[:3, :3]
-    norms = np.linalg.norm(rot, axis=0)
-    norms[norms == 0] = 1.0
-    return int(np.argmax(np.abs(rot[2, :]) / norms))
 
 
 def _is_nifti(path: Path) -> bool:
@@ -201,11 +190,16 @@ def read_label_file(path: PathLike, label_set: LabelSet, label_map: str = "ident
         spacing = tuple(float(s) if s > 0 else 1.0 for s in sp)
     else:
         spacing = (1.0,) * ndim
-    return LabelVolume(data, affine, spacing, _axial_axis(affine, ndim), raster)
+    return LabelVolume(data, affine, spacing, raster)
 
 
-def read_image_file(path: PathLike) -> np.ndarray:
+def read_image_file(path: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Read an image for the overlays: a volume (first channel of 4-D NIfTI data) or a raster image (RGB kept).
+
+    Returns:
+        ``(array, affine)``: the voxels in the file's order, and the voxel-to-world (RAS) affine of a
+        volume as its header states it (``None`` for raster images), to check that the image lies on
+        the label's grid.
 
     Raises:
         DataError: unreadable or unsupported file.
@@ -213,17 +207,18 @@ def read_image_file(path: PathLike) -> np.ndarray:
     path = Path(path)
     name = path.name.lower()
     if _is_nifti(path):
-        arr, _ = _load_nifti(path)
+        arr, img = _load_nifti(path)
         arr = np.asarray(arr, dtype=np.float32)
         while arr.ndim > 3:
             arr = arr[..., 0]
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
-        return arr
+        return arr, np.asarray(img.affine, dtype=np.float64)
     if name.endswith(VOLUME_SUFFIXES):
-        return np.asarray(read_volume(path, check_finite=False).array, dtype=np.float32)
+        vol = read_volume(path, check_finite=False)
+        return np.asarray(vol.array, dtype=np.float32), vol.affine
     if name.endswith(IMAGE2D_SUFFIXES):
-        return _load_raster(path)
+        return _load_raster(path), None
     raise DataError(f"{path}: unsupported image file type")
 
 

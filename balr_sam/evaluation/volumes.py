@@ -283,14 +283,16 @@ def evaluate_pairs(
             image = None
             img_path = find_image(images, res.case, res.label_path)
             if img_path is not None:
-                image = read_image_file(img_path)
-                spatial = image.shape[: label.data.ndim]
-                if spatial != label.data.shape:
-                    print(
-                        f"balr-sam evaluate: {img_path}: shape {image.shape} does not match the label "
-                        f"{res.label_path} {label.data.shape}; overlay without image",
-                        file=sys.stderr,
-                    )
+                image, image_affine = read_image_file(img_path)
+                problem = None
+                if image.shape[: label.data.ndim] != label.data.shape:
+                    problem = f"shape {image.shape} does not match the label {res.label_path} {label.data.shape}"
+                elif image_affine is not None and label.affine is not None and not np.allclose(
+                    image_affine, label.affine, rtol=1e-4, atol=1e-3
+                ):  # the overlay orients the image by the label's affine
+                    problem = f"voxel-to-world affine does not match the label {res.label_path}"
+                if problem:
+                    print(f"balr-sam evaluate: {img_path}: {problem}; overlay without image", file=sys.stderr)
                     image = None
             out = overlay_dir / f"{tag}_{rank}_{res.case}.png"
             title = f"{res.case} ({tag} {rank}): mean Dice {res.mean_dice:.3f}"
