@@ -5,7 +5,8 @@ Every file the product writes for later use (trained models, checkpoints, datali
 sidecars, evaluation reports and overlays) goes through :func:`atomic_write`, so an interrupted
 process never leaves a half-written file under the final name, and a file reported written
 survives a power loss too: the temporary file is ``fsync``-ed before the rename and the folder
-after it (measured at about a millisecond per file on a local disk; see ``docs/reliability-locks.md``).
+after it (a few milliseconds per ``fsync`` on the development VM's disk: about 11-14 ms per
+case of batch inference, see ``docs/reliability-locks.md``).
 
 :func:`fault_point` is a test hook for crash tests: with the environment variable
 ``BALR_SAM_FAULT=after:<step>`` set, the process kills itself with ``SIGKILL`` (no clean-up, no
