@@ -280,7 +280,7 @@ class SaveBestModel:
 
 
 # configuration values that change how the network runs, not its weights
-_RUNTIME_OPTIONS = ("adapter_dropout", "fast_attention")
+_RUNTIME_OPTIONS = ("adapter_dropout", "fast_attention", "channels_last")
 
 
 def load_trained_weights(network: torch.nn.Module, checkpoint: Union[str, Path], merge: bool = True, check_base: bool = True) -> BALRSAM:
