@@ -127,6 +127,7 @@ def test_missing_or_altered_weights_give_one_line_naming_the_file(tmp_path: Path
     assert not captured.out
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # no "copying ... to a meta parameter is a no-op" noise
 def test_summary_reports_the_base_at_its_input_size(capsys: pytest.CaptureFixture) -> None:
     import json
 

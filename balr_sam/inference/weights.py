@@ -26,7 +26,7 @@ from balr_sam.types import PathLike
 __all__ = ["unwrap_balr_sam", "load_trained_weights", "load_balr_sam"]
 
 # configuration values that change how the network runs, not its weights
-_RUNTIME_OPTIONS = ("adapter_dropout", "fast_attention")
+_RUNTIME_OPTIONS = ("adapter_dropout", "fast_attention", "channels_last")
 
 
 def unwrap_balr_sam(network: torch.nn.Module) -> BALRSAM:

@@ -57,6 +57,9 @@ class BALRSAMConfig:
         fast_attention: encoder attention on fused SDPA (same function; faster inference on CPU,
             slower training there, see ``docs/performance.md``). SAM ViT bases only: TinyViT's
             attention is left as it is.
+        channels_last: keep the image encoder's convolution weights in channels-last (NHWC)
+            memory layout (same function). Default on for ``lite_medsam``, whose TinyViT is
+            largely convolutional (CPU timings: ``scripts/measure_lite_medsam_cpu.py``).
     """
 
     variant: str = "vit_b"
@@ -72,6 +75,7 @@ class BALRSAMConfig:
     decoder_rank_ratio: float = 0.25
     input_scale: float = 255.0
     fast_attention: bool = False
+    channels_last: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -109,6 +113,8 @@ class BALRSAM(nn.Module):
             inject_adapters(self.image_encoder, targets=self.base.adapter_targets, rank=config.adapter_rank, alpha=config.adapter_alpha, dropout=config.adapter_dropout)
         if config.fast_attention:
             use_sdpa_attention(self.image_encoder)
+        if config.channels_last:
+            self.image_encoder.to(memory_format=torch.channels_last)
         self.cden = CDEN(self.base.embed_dim, width=config.cden_width, stride=self.base.embed_stride).to(sam.pixel_mean.device) if config.use_cden else None
         self.mask_decoder = PromptFreeMaskDecoder(
             sam.mask_decoder,
@@ -204,7 +210,8 @@ class BALRSAM(nn.Module):
         """
         self.eval()
         self.merge_adapters()
-        fold_batch_norms(self.image_encoder)
+        if fold_batch_norms(self.image_encoder) and self.config.channels_last:
+            self.image_encoder.to(memory_format=torch.channels_last)  # the folded convolutions are new
         if self.cden is not None:
             self.cden.fuse_batch_norms()
 

@@ -225,7 +225,8 @@ BASES: Dict[str, SamBase] = {
                 sha256=LITE_MEDSAM_SHA256,
             ),
             adapter_targets=("layers.*.blocks.*.attn.proj", "layers.*.blocks.*.mlp.fc2"),
-            option_defaults=(("adapter_rank", 8),),  # blocks are 128-320 wide (ViT-B: 768, rank 22)
+            # blocks are 128-320 wide (ViT-B's 768 have rank 22); the encoder is largely convolutional
+            option_defaults=(("adapter_rank", 8), ("channels_last", True)),
         ),
     )
 }

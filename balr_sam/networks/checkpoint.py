@@ -13,6 +13,7 @@ the fly; tables are found by shape, not by block index, so every variant is hand
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Mapping, Union
 
@@ -138,7 +139,9 @@ def load_sam_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     if problems:
         raise CheckpointError(f"{source}: does not match the model: " + "; ".join(problems) + " - is it the checkpoint of another SAM variant?")
     meta = {k for k, v in module.state_dict().items() if v.is_meta}  # shapes-only parts: checked above, not filled
-    module.load_state_dict({k: v for k, v in weights.items() if k not in meta}, strict=not meta)
+    with warnings.catch_warnings():  # BatchNorm supplies a num_batches_tracked of its own for them
+        warnings.filterwarnings("ignore", message=".*non-meta parameter in the checkpoint to a meta parameter", category=UserWarning)
+        module.load_state_dict({k: v for k, v in weights.items() if k not in meta}, strict=not meta)
     _refresh_mode_caches(module)
 
 
