@@ -3,7 +3,11 @@ Label environment). pytest loads this file for either, since it sits at the root
 
 The optional real sample data (``../shared/data`` next to the repository, or
 ``$BALR_SAM_SHARED_DATA``) is found here: it is not part of the product (``SPEC.md`` section 3);
-tests use it when present (``shared_data_dir``) or skip without it (``shared_data``)."""
+tests use it when present (``shared_data_dir``) or skip without it (``shared_data``), unless
+``$BALR_SAM_REQUIRE_SHARED_DATA=1`` (set by CI), which makes its absence a failure.
+
+Hypothesis runs derandomised (the ``ci`` profile) when ``$CI`` is ``true``/``1``, so that CI
+runs the same examples every time; locally it explores new ones."""
 
 from __future__ import annotations
 
@@ -22,6 +26,17 @@ from balr_sam.networks.variants import build_sam
 
 #: Environment variable that overrides the location of the shared sample data.
 SHARED_DATA_ENV = "BALR_SAM_SHARED_DATA"
+#: Environment variable that, set to 1, turns missing shared sample data into a failure (CI).
+REQUIRE_SHARED_DATA_ENV = "BALR_SAM_REQUIRE_SHARED_DATA"
+
+try:  # the MONAI Label environment (tests_label) has no Hypothesis, and no property tests
+    from hypothesis import settings as hypothesis_settings
+except ImportError:
+    hypothesis_settings = None
+if hypothesis_settings is not None:
+    hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    if os.environ.get("CI", "").lower() in ("1", "true"):
+        hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +50,13 @@ def shared_data_dir() -> Optional[Path]:
 
 @pytest.fixture(scope="session")
 def shared_data(shared_data_dir: Optional[Path]) -> Path:
-    """The real sample data folder (``<repo>/../shared/data`` or ``$BALR_SAM_SHARED_DATA``); skips when absent."""
+    """The real sample data folder (``<repo>/../shared/data`` or ``$BALR_SAM_SHARED_DATA``); skips when
+    absent, fails instead when ``$BALR_SAM_REQUIRE_SHARED_DATA=1``."""
     if shared_data_dir is None:
-        pytest.skip(f"shared sample data not found: set {SHARED_DATA_ENV} or put it at <repo>/../shared/data")
+        message = f"shared sample data not found: set {SHARED_DATA_ENV} or put it at <repo>/../shared/data"
+        if os.environ.get(REQUIRE_SHARED_DATA_ENV) == "1":
+            pytest.fail(f"{message} ({REQUIRE_SHARED_DATA_ENV}=1)")
+        pytest.skip(message)
     return shared_data_dir
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import pytest
+from _segmenting import make_segmenting
 from _tiny_bundle import tiny_infer_args, train_tiny
 
 
@@ -18,9 +19,19 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callabl
 
 @pytest.fixture(scope="session")
 def tiny_trained(tiny_dataset: Dict[str, str]) -> Path:
-    """Bundle root of a tiny BALR-SAM trained for two epochs through ``monai.bundle run training`` (``models/model.pt`` inside)."""
+    """Bundle root of a tiny BALR-SAM trained for two epochs through ``monai.bundle run training``
+    (``models/model.pt`` inside), whose class hypernetworks are then seeded so that it segments the
+    dataset's volumes (:func:`_segmenting.make_segmenting`: at least 3 labels and 5-95 % foreground on
+    every slice); two epochs alone leave it predicting background. Read-only for the tests: a test
+    that trains or evaluates into a bundle copies it first."""
+    from balr_sam.data.pipelines import ct_inference_preprocessing
+
     bundle_root = Path(tiny_dataset["root"]) / "run"
     train_tiny(tiny_dataset, bundle_root)
+    preprocessing = ct_inference_preprocessing(img_size=64)
+    probes = [preprocessing({"image": str(volume)})["image"][0].permute(2, 0, 1)[:, None].float()
+              for volume in sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))]
+    make_segmenting(bundle_root / "models" / "model.pt", probes, min_classes=3, sam_checkpoint=tiny_dataset["sam"])
     return bundle_root
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from _segmenting import assert_segments
 from _tiny_bundle import copy_tiny_cases
 from balr_sam.cli import main
 from balr_sam.errors import DataError
@@ -70,6 +71,7 @@ def _assert_same_geometry(written: Path, shape: tuple, affine: np.ndarray) -> np
     np.testing.assert_allclose(image.affine, affine, atol=1e-4)
     data = np.asarray(image.dataobj)
     assert data.dtype == np.uint8 and set(np.unique(data)) <= set(range(9))
+    assert_segments(data, 3, str(written))
     return data
 
 

@@ -69,27 +69,36 @@ def _affine(geometry) -> np.ndarray:
 def test_preprocessing_then_invertd_restores_shape_affine_and_voxels(shape: Tuple[int, int, int], geometry,
                                                                     img_size: int) -> None:
     affine = _affine(geometry)
-    # bright half (275 HU) for the first voxels along the file's first axis, dark (-125 HU) after
+    # a pattern that no axis permutation or flip maps onto itself: on halves of each file axis,
+    # the octant (low, low, low) is bright (275 HU, class 2), the octant (high, low, low) mid-grey
+    # (75 HU, class 1), the rest dark (-125 HU, class 0)
+    half = [(n + 1) // 2 for n in shape]
     hu = np.full(shape, -125, np.int16)
-    hu[: (shape[0] + 1) // 2] = 275
+    hu[half[0]:, : half[1], : half[2]] = 75
+    hu[: half[0], : half[1], : half[2]] = 275
+    expected = np.zeros(shape, np.int64)
+    expected[half[0]:, : half[1], : half[2]] = 1
+    expected[: half[0], : half[1], : half[2]] = 2
     with tempfile.TemporaryDirectory() as tmp:
         path = write_nifti(Path(tmp) / "ct.nii.gz", hu, affine)
         pre = ct_inference_preprocessing(img_size=img_size)
         data = pre({"image": str(path)})
         image = data["image"]
         assert image.shape[1:3] == (img_size, img_size)
-        # a two-class "prediction" that follows the image, as the network's logits would; like
-        # SliceInferer's output for a MetaTensor input it is a MetaTensor (Invertd skips plain tensors)
-        data["pred"] = torch.cat([1.0 - image, image])
+        # a three-class "prediction" that follows the image (closest of the window-scaled levels 0,
+        # 0.5, 1), as the network's logits would; like SliceInferer's output for a MetaTensor input
+        # it is a MetaTensor (Invertd skips plain tensors)
+        data["pred"] = torch.cat([-((image - level) ** 2) for level in (0.0, 0.5, 1.0)])
         post = Compose([Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
                         AsDiscreted(keys="pred", argmax=True)])
         pred = post(data)["pred"]
     assert tuple(pred.shape) == (1, *shape)
     np.testing.assert_allclose(np.asarray(pred.affine, dtype=np.float64), affine, atol=1e-5)
     labels = pred[0].numpy()
-    # the first and last planes along the file's first axis are far from the bright/dark border:
-    # they come back as they went in (a flip or a transposition would swap or mix them)
-    assert (labels[0] == 1).all() and (labels[-1] == 0).all()
+    # the eight corner voxels are far from the octant borders: they come back as they went in (a
+    # flip of any axis, or a transposition of two axes, moves the bright or the grey corner)
+    corners = np.ix_(*[[0, n - 1] for n in shape])
+    np.testing.assert_array_equal(labels[corners], expected[corners])
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 from monai.inferers import SliceInferer
 from monai.transforms import AsDiscreted, Compose, Invertd
 
+from _segmenting import assert_segments
 from _tiny_bundle import copy_tiny_cases, tiny_infer_args
 from balr_sam.cli import main
 from balr_sam.data.pipelines import ct_inference_preprocessing
@@ -163,8 +164,8 @@ def test_bundle_streaming_matches_the_configs_own_inferer(tiny_dataset: Dict[str
         outputs[streaming] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*.nii.gz"))}
     assert outputs[True].keys() == outputs[False].keys() and len(outputs[True]) == 5
     for name, labels in outputs[True].items():
-        agreement = float((labels == outputs[False][name]).mean())
-        assert agreement >= 0.999, (name, agreement)
+        assert_segments(labels, 3, name)
+        np.testing.assert_array_equal(labels, outputs[False][name], err_msg=name)
 
 
 def test_two_processes_on_one_output_folder_write_each_case_once(tiny_dataset: Dict[str, str], tiny_trained: Path, tmp_path: Path) -> None:
@@ -222,4 +223,6 @@ def test_compiled_bundle_writes_the_same_labels(tiny_dataset: Dict[str, str], ti
         outputs[bool(flags)] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*.nii.gz"))}
     assert outputs[True].keys() == outputs[False].keys() and len(outputs[True]) == 2
     for name, labels in outputs[True].items():
+        assert_segments(labels, 3, name)
+        # compiled kernels may reorder float sums: labels may differ only where two classes tie to ~1e-6
         assert float((labels == outputs[False][name]).mean()) >= 0.999, name
