@@ -23,7 +23,6 @@ from balr_sam.data.prepare import prepare_synapse
 from balr_sam.data.synthetic import generate_ct_dataset
 from balr_sam.networks.variants import build_sam
 
-
 #: Environment variable that overrides the location of the shared sample data.
 SHARED_DATA_ENV = "BALR_SAM_SHARED_DATA"
 #: Environment variable that, set to 1, turns missing shared sample data into a failure (CI).
@@ -60,12 +59,25 @@ def shared_data(shared_data_dir: Optional[Path]) -> Path:
     return shared_data_dir
 
 
-def _tiny_synapse(root: Path, cases: int, held_out: float, *, seed: int = 3, val_fraction: Optional[float] = None,
-                  test_fraction: Optional[float] = None, shape: Tuple[int, int, int] = (48, 48, 8)) -> Tuple[Path, Path]:
+def _tiny_synapse(
+    root: Path,
+    cases: int,
+    held_out: float,
+    *,
+    seed: int = 3,
+    val_fraction: Optional[float] = None,
+    test_fraction: Optional[float] = None,
+    shape: Tuple[int, int, int] = (48, 48, 8),
+) -> Tuple[Path, Path]:
     data = root / "synapse"
     generate_ct_dataset(data, cases=cases, seed=seed, shape=shape)
-    prepare_synapse(data, data / "datalist.json", test_fraction=held_out if test_fraction is None else test_fraction,
-                    val_fraction=held_out if val_fraction is None else val_fraction, seed=0)
+    prepare_synapse(
+        data,
+        data / "datalist.json",
+        test_fraction=held_out if test_fraction is None else test_fraction,
+        val_fraction=held_out if val_fraction is None else val_fraction,
+        seed=0,
+    )
     torch.manual_seed(0)
     sam = root / "sam_vit_t.pth"
     torch.save(build_sam("vit_t").state_dict(), sam)

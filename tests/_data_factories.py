@@ -151,7 +151,7 @@ def _tiny_ct(shape: Tuple[int, int, int], rng: np.random.Generator, btcv: bool =
     label = np.zeros(shape, dtype=np.uint8)
     x, y, z = shape
     label[: x // 2, : y // 2, :] = 6 if btcv else 5  # liver
-    label[x // 2:, y // 2:, : max(1, z // 2)] = 1  # spleen
+    label[x // 2 :, y // 2 :, : max(1, z // 2)] = 1  # spleen
     return image, label
 
 
@@ -203,7 +203,7 @@ def make_transunet_tree(
             image = rng.random((size, size)).astype(np.float32)
             label = np.zeros((size, size), dtype=np.float32)
             label[: size // 2, : size // 2] = 5
-            label[size // 2:, size // 2:] = 8
+            label[size // 2 :, size // 2 :] = 8
             np.savez(root / "train_npz" / f"case{case:04d}_slice{s:03d}.npz", image=image, label=label)
     (root / "test_vol_h5").mkdir(parents=True, exist_ok=True)
     for case in test_cases:
@@ -222,7 +222,7 @@ def make_transunet_tree(
 def _image_and_mask(rng: np.random.Generator, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
     image = rng.integers(0, 255, size=(h, w, 3)).astype(np.uint8)
     mask = np.zeros((h, w), dtype=np.uint8)
-    mask[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255
+    mask[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255
     return image, mask
 
 

@@ -40,8 +40,9 @@ def assert_segments(labels: np.ndarray, min_classes: int = 2, what: str = "label
     assert segments(labels, min_classes), f"{what} does not segment: foreground {foreground:.3f}, labels {classes} (need >= {min_classes})"
 
 
-def make_segmenting(checkpoint: Path, probes: Iterable[torch.Tensor], *, min_classes: int, sam_checkpoint: Optional[str] = None,
-                    scale: float = 4.0, seeds: int = 50) -> int:
+def make_segmenting(
+    checkpoint: Path, probes: Iterable[torch.Tensor], *, min_classes: int, sam_checkpoint: Optional[str] = None, scale: float = 4.0, seeds: int = 50
+) -> int:
     """Rewrite the trainable checkpoint ``checkpoint`` in place so that its network segments ``probes``.
 
     Args:

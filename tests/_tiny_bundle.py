@@ -25,8 +25,14 @@ TINY = {"variant": "vit_t", "img_size": 64, "batch_size": 2, "slices_per_volume"
 def tiny_settings(tiny: Dict[str, str], bundle_root: Path, **overrides: object) -> Dict[str, object]:
     """Training overrides at the tiny settings (2 epochs, validation every epoch) for the dataset and SAM
     base of ``tiny``, written to ``bundle_root``, updated by ``overrides``."""
-    settings: Dict[str, object] = {**TINY, "dataset_dir": tiny["dataset_dir"], "sam_checkpoint": tiny["sam"], "bundle_root": str(bundle_root),
-                                   "max_epochs": 2, "val_interval": 1}
+    settings: Dict[str, object] = {
+        **TINY,
+        "dataset_dir": tiny["dataset_dir"],
+        "sam_checkpoint": tiny["sam"],
+        "bundle_root": str(bundle_root),
+        "max_epochs": 2,
+        "val_interval": 1,
+    }
     settings.update(overrides)
     return settings
 
@@ -46,14 +52,30 @@ def train_tiny(tiny: Dict[str, str], bundle_root: Path, **overrides: object) -> 
     run("training", config_file=[TRAIN, DEMO], meta_file=META, **tiny_settings(tiny, bundle_root, **overrides))
 
 
-def tiny_infer_args(tiny: Dict[str, str], trained: Path, folder: Path, name: str = "tiny_infer.json", checkpoint: Optional[Path] = None,
-                    sam: Optional[str] = None, **settings: object) -> List[str]:
+def tiny_infer_args(
+    tiny: Dict[str, str],
+    trained: Path,
+    folder: Path,
+    name: str = "tiny_infer.json",
+    checkpoint: Optional[Path] = None,
+    sam: Optional[str] = None,
+    **settings: object,
+) -> List[str]:
     """``balr-sam infer`` options for the tiny trained bundle: its ``model.pt`` (or ``checkpoint``), its SAM
     base (or ``sam``), ``demo.json`` and an override file ``folder/name`` with the tiny settings updated by ``settings``."""
     config = Path(folder) / name
     config.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "sw_batch_size": 32, "num_workers": 0, **settings}))
-    return ["--checkpoint", str(checkpoint or Path(trained) / "models" / "model.pt"), "--sam-checkpoint", sam or tiny["sam"],
-            "--config", DEMO, "--config", str(config), "--no-progress"]
+    return [
+        "--checkpoint",
+        str(checkpoint or Path(trained) / "models" / "model.pt"),
+        "--sam-checkpoint",
+        sam or tiny["sam"],
+        "--config",
+        DEMO,
+        "--config",
+        str(config),
+        "--no-progress",
+    ]
 
 
 def copy_tiny_cases(tiny: Dict[str, str], folder: Path, count: int) -> Path:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import pytest
+
 from _segmenting import make_segmenting
 from _tiny_bundle import tiny_infer_args, train_tiny
 
@@ -29,8 +30,10 @@ def tiny_trained(tiny_dataset: Dict[str, str]) -> Path:
     bundle_root = Path(tiny_dataset["root"]) / "run"
     train_tiny(tiny_dataset, bundle_root)
     preprocessing = ct_inference_preprocessing(img_size=64)
-    probes = [preprocessing({"image": str(volume)})["image"][0].permute(2, 0, 1)[:, None].float()
-              for volume in sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))]
+    probes = [
+        preprocessing({"image": str(volume)})["image"][0].permute(2, 0, 1)[:, None].float()
+        for volume in sorted((Path(tiny_dataset["dataset_dir"]) / "img").glob("*.nii.gz"))
+    ]
     make_segmenting(bundle_root / "models" / "model.pt", probes, min_classes=3, sam_checkpoint=tiny_dataset["sam"])
     return bundle_root
 

@@ -70,7 +70,7 @@ def _ct(seed: int = 0, shape: Tuple[int, ...] = SHAPE) -> np.ndarray:
 def _labels(shape: Tuple[int, ...] = SHAPE) -> np.ndarray:
     lab = np.zeros(shape, np.uint8)
     lab[: shape[0] // 2, : shape[1] // 2] = 5  # liver
-    lab[shape[0] // 2:, shape[1] // 2:] = 1  # spleen
+    lab[shape[0] // 2 :, shape[1] // 2 :] = 1  # spleen
     return lab
 
 
@@ -101,7 +101,7 @@ def _patch_nifti_header(path: Path, **fields) -> Path:
             hdr["pixdim"] = pixdim
         else:
             hdr[key] = value
-    data = hdr.binaryblock + raw[len(hdr.binaryblock):]
+    data = hdr.binaryblock + raw[len(hdr.binaryblock) :]
     path.write_bytes(gzip.compress(data) if gz else data)
     return path
 
@@ -166,8 +166,7 @@ def _run_restricted(args: Sequence[str], timeout: int = 300) -> subprocess.Compl
     python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
     preexec = _drop_dac_capabilities if getattr(os, "geteuid", lambda: -1)() == 0 else None
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=str(REPO), preexec_fn=preexec)
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO), preexec_fn=preexec)
 
 
 _CLI_DRIVER = """
@@ -210,8 +209,9 @@ def permissions_enforced(tmp_path: Path):
     try:
         check = _run_restricted(["-c", f"open({str(probe)!r}).read()"], timeout=60)
         if check.returncode == 0:
-            pytest.skip("this process reads files without read permission (root whose CAP_DAC_OVERRIDE "
-                        "cannot be dropped): chmod 000 cannot make a file unreadable here")
+            pytest.skip(
+                "this process reads files without read permission (root whose CAP_DAC_OVERRIDE cannot be dropped): chmod 000 cannot make a file unreadable here"
+            )
         changed: List[Path] = []
         yield changed
     finally:
@@ -225,13 +225,16 @@ def permissions_enforced(tmp_path: Path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind,words", [
-    ("gzip cut in half", ["unreadable or truncated"]),
-    ("random bytes", ["cannot be read as NIfTI"]),
-    ("gzip of random bytes", ["cannot be read as NIfTI"]),
-    ("empty file", ["empty file", "0 bytes"]),
-    ("header only", ["unreadable or truncated"]),
-])
+@pytest.mark.parametrize(
+    "kind,words",
+    [
+        ("gzip cut in half", ["unreadable or truncated"]),
+        ("random bytes", ["cannot be read as NIfTI"]),
+        ("gzip of random bytes", ["cannot be read as NIfTI"]),
+        ("empty file", ["empty file", "0 bytes"]),
+        ("header only", ["unreadable or truncated"]),
+    ],
+)
 def test_corrupt_and_truncated_nifti(tmp_path: Path, kind: str, words: List[str]) -> None:
     path = tmp_path / "case 01.nii.gz"
     rng = np.random.default_rng(1)
@@ -267,22 +270,25 @@ def test_empty_and_corrupt_2d_files(tmp_path: Path) -> None:
 _DIAG = np.diag([1.5, 2.0, 3.0, 1.0])
 
 
-@pytest.mark.parametrize("fields,expected", [
-    # the sform defines the geometry on its own: a zero pixdim next to it is harmless
-    ({"pixdim": [0, 0, 0]}, _DIAG),
-    # no sform: the qform (or the pixdim scaling) needs pixdim, and 0 leaves the spacing unknown
-    ({"pixdim": [0, 0, 0], "sform_code": 0}, "voxel spacing is unknown"),
-    ({"pixdim": [1.5, 0, 3], "sform_code": 0, "qform_code": 0}, "voxel spacing is unknown"),
-    ({"pixdim": [np.nan, 2, 3], "sform_code": 0}, "voxel spacing is unknown"),
-    # negative pixdim: nibabel (and MONAI's NibabelReader) take the absolute value; the qform's
-    # handedness is in qfac = pixdim[0], so the geometry is the intended one
-    ({"pixdim": [-1.5, -2, -3], "sform_code": 0}, _DIAG),
-    # codes 0: NIfTI "method 1", nibabel's pixdim scaling with a flipped x, with |pixdim|
-    ({"pixdim": [-1.5, -2, -3], "sform_code": 0, "qform_code": 0}, np.diag([-1.5, 2.0, 3.0, 1.0])),
-    # a zero column in the sform (and a zero pixdim, so the qform is degenerate too)
-    ({"srow_y": [0, 0, 0, 0], "pixdim": [1.5, 0, 3]}, "singular"),
-    ({"srow_x": [np.inf, 0, 0, 0]}, "not finite"),
-])
+@pytest.mark.parametrize(
+    "fields,expected",
+    [
+        # the sform defines the geometry on its own: a zero pixdim next to it is harmless
+        ({"pixdim": [0, 0, 0]}, _DIAG),
+        # no sform: the qform (or the pixdim scaling) needs pixdim, and 0 leaves the spacing unknown
+        ({"pixdim": [0, 0, 0], "sform_code": 0}, "voxel spacing is unknown"),
+        ({"pixdim": [1.5, 0, 3], "sform_code": 0, "qform_code": 0}, "voxel spacing is unknown"),
+        ({"pixdim": [np.nan, 2, 3], "sform_code": 0}, "voxel spacing is unknown"),
+        # negative pixdim: nibabel (and MONAI's NibabelReader) take the absolute value; the qform's
+        # handedness is in qfac = pixdim[0], so the geometry is the intended one
+        ({"pixdim": [-1.5, -2, -3], "sform_code": 0}, _DIAG),
+        # codes 0: NIfTI "method 1", nibabel's pixdim scaling with a flipped x, with |pixdim|
+        ({"pixdim": [-1.5, -2, -3], "sform_code": 0, "qform_code": 0}, np.diag([-1.5, 2.0, 3.0, 1.0])),
+        # a zero column in the sform (and a zero pixdim, so the qform is degenerate too)
+        ({"srow_y": [0, 0, 0, 0], "pixdim": [1.5, 0, 3]}, "singular"),
+        ({"srow_x": [np.inf, 0, 0, 0]}, "not finite"),
+    ],
+)
 def test_broken_nifti_header(tmp_path: Path, capfd: pytest.CaptureFixture, fields: dict, expected) -> None:
     path = _patch_nifti_header(write_nifti(tmp_path / "img.nii.gz", _ct(), _DIAG), **fields)
     label = _patch_nifti_header(write_nifti(tmp_path / "label.nii.gz", _labels(), _DIAG), **fields)
@@ -325,8 +331,7 @@ def test_nan_inf_voxels_are_refused_with_file_and_count(tmp_path: Path) -> None:
 def test_extreme_values_are_clipped_not_wrapped(tmp_path: Path) -> None:
     """Policy: large finite intensities are kept and clipped by the HU window to [0, 1]; nothing
     wraps around to a small or negative value. Float values beyond float32 are refused."""
-    for name, dtype, hi, lo in [("u16", np.uint16, 65535, 0), ("i32", np.int32, 2_000_000_000, -2_000_000_000),
-                                ("f64", np.float64, 1e30, -1e30)]:
+    for name, dtype, hi, lo in [("u16", np.uint16, 65535, 0), ("i32", np.int32, 2_000_000_000, -2_000_000_000), ("f64", np.float64, 1e30, -1e30)]:
         arr = np.zeros(SHAPE, dtype=dtype)
         arr[2, 3, 1], arr[5, 6, 2] = hi, lo
         path = write_nifti(tmp_path / f"{name}.nii.gz", arr, AFFINE)
@@ -349,7 +354,7 @@ def test_label_values_outside_the_map_name_file_and_values(tmp_path: Path) -> No
     ]:
         path = write_nifti(tmp_path / f"{name}.nii.gz", arr.reshape(1, 2, 2))
         d = LoadVolumed("label")({"label": str(path), "label_map": "btcv"})
-        _one_line_error(lambda: MapLabelsd("label", strict=True)(d), path, shown, "outside the 'btcv' label map")
+        _one_line_error(lambda d=d: MapLabelsd("label", strict=True)(d), path, shown, "outside the 'btcv' label map")
     # not strict: unknown and huge values become background, without a gigantic lookup table
     d = {"label": torch.tensor([[0.0, 6.0], [1e12, 3.4e38]])}
     assert MapLabelsd("label", source="btcv", strict=False)(d)["label"].tolist() == [[0.0, 5.0], [0.0, 0.0]]
@@ -473,8 +478,22 @@ def _bad_volume_folder(root: Path) -> Dict[str, str]:
 def test_prepare_keeps_going_past_bad_cases(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = _bad_volume_folder(tmp_path / "data")
     out = tmp_path / "data" / "datalist.json"
-    rc, stdout, err = _cli(capsys, ["prepare", "nifti", tmp_path / "data", "--images", tmp_path / "data" / "images",
-                                    "--labels", tmp_path / "data" / "labels", "--test-fraction", "1", "-o", out])
+    rc, stdout, err = _cli(
+        capsys,
+        [
+            "prepare",
+            "nifti",
+            tmp_path / "data",
+            "--images",
+            tmp_path / "data" / "images",
+            "--labels",
+            tmp_path / "data" / "labels",
+            "--test-fraction",
+            "1",
+            "-o",
+            out,
+        ],
+    )
     assert rc == 1
     lines = _failure_lines(err, "left out:")
     assert len(lines) == len(bad) == len(err.strip().splitlines()), err
@@ -486,8 +505,21 @@ def test_prepare_keeps_going_past_bad_cases(tmp_path: Path, capsys: pytest.Captu
     assert sorted(f["case_id"] for f in dl["failed"]) == sorted(bad)
     assert "left out" in " ".join(dl["notes"]) and "wrote" in stdout
     # --fail-fast: the first bad case stops everything, one line, nothing written
-    rc, _, err = _cli(capsys, ["prepare", "nifti", tmp_path / "data", "--images", tmp_path / "data" / "images",
-                               "--labels", tmp_path / "data" / "labels", "-o", tmp_path / "ff.json", "--fail-fast"])
+    rc, _, err = _cli(
+        capsys,
+        [
+            "prepare",
+            "nifti",
+            tmp_path / "data",
+            "--images",
+            tmp_path / "data" / "images",
+            "--labels",
+            tmp_path / "data" / "labels",
+            "-o",
+            tmp_path / "ff.json",
+            "--fail-fast",
+        ],
+    )
     assert rc == 1 and len(err.strip().splitlines()) == 1 and not (tmp_path / "ff.json").exists()
 
 
@@ -506,8 +538,9 @@ def test_prepare_verify_leaves_out_nan_and_bad_label_values(tmp_path: Path, caps
     _truncate(write_nifti(img / "truncated.nii.gz", _ct(), AFFINE))  # header fine, voxels cut off
     write_nifti(lab / "truncated.nii.gz", _labels(), AFFINE)
     out = tmp_path / "dl.json"
-    rc, stdout, err = _cli(capsys, ["prepare", "nifti", tmp_path, "--images", img, "--labels", lab, "--label-map", "btcv",
-                                    "--test-fraction", "1", "-o", out, "--verify"])
+    rc, stdout, err = _cli(
+        capsys, ["prepare", "nifti", tmp_path, "--images", img, "--labels", lab, "--label-map", "btcv", "--test-fraction", "1", "-o", out, "--verify"]
+    )
     assert rc == 1 and "3 failed" in stdout
     lines = _failure_lines(err, "left out:")
     assert len(lines) == 3 == len(err.strip().splitlines()), err
@@ -586,8 +619,25 @@ def test_evaluate_keeps_going_past_bad_cases(tmp_path: Path, capsys: pytest.Capt
     write_nifti(pred / "orphan.nii.gz", _labels(), AFFINE)
     bad["orphan"] = (pred / "orphan.nii.gz", "no matching label")
 
-    rc, stdout, err = _cli(capsys, ["evaluate", "--pred", pred, "--label", gt, "--output", tmp_path / "report",
-                                    "--no-progress", "--overlays", "1", "--device", "cpu", "--protocol", "clinical"])
+    rc, stdout, err = _cli(
+        capsys,
+        [
+            "evaluate",
+            "--pred",
+            pred,
+            "--label",
+            gt,
+            "--output",
+            tmp_path / "report",
+            "--no-progress",
+            "--overlays",
+            "1",
+            "--device",
+            "cpu",
+            "--protocol",
+            "clinical",
+        ],
+    )
     assert rc == 1 and f"{len(bad)} case(s) failed" in stdout
     lines = _failure_lines(err, "failed:")
     assert len(lines) == len(bad), err
@@ -605,8 +655,7 @@ def test_evaluate_keeps_going_past_bad_cases(tmp_path: Path, capsys: pytest.Capt
 def test_evaluate_empty_folders_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "pred").mkdir()
     write_nifti(tmp_path / "gt" / "a.nii.gz", _labels(), AFFINE)
-    rc, _, err = _cli(capsys, ["evaluate", "--pred", tmp_path / "pred", "--label", tmp_path / "gt",
-                               "--output", tmp_path / "r", "--no-progress"])
+    rc, _, err = _cli(capsys, ["evaluate", "--pred", tmp_path / "pred", "--label", tmp_path / "gt", "--output", tmp_path / "r", "--no-progress"])
     assert rc == 1 and len(err.strip().splitlines()) == 1 and f"{tmp_path / 'pred'}: no prediction files" in err
 
 
@@ -686,18 +735,50 @@ def test_unicode_names_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture,
         write_nifti(tmp_path / "data" / "img" / f"{name}.nii.gz", _ct(), AFFINE)
         write_nifti(tmp_path / "data" / "lab" / f"{name}.nii.gz", _labels(), AFFINE)
     dl_path = tmp_path / "data" / "datalist.json"
-    rc, _, _ = _cli(capsys, ["prepare", "nifti", tmp_path / "data", "--images", tmp_path / "data" / "img",
-                             "--labels", tmp_path / "data" / "lab", "--label-map", "btcv", "--test-fraction", "1",
-                             "-o", dl_path, "--verify"])
+    rc, _, _ = _cli(
+        capsys,
+        [
+            "prepare",
+            "nifti",
+            tmp_path / "data",
+            "--images",
+            tmp_path / "data" / "img",
+            "--labels",
+            tmp_path / "data" / "lab",
+            "--label-map",
+            "btcv",
+            "--test-fraction",
+            "1",
+            "-o",
+            dl_path,
+            "--verify",
+        ],
+    )
     assert rc == 0
     dl = json.loads(dl_path.read_text(encoding="utf-8"))
     assert sorted(c["case_id"] for c in dl["test"]) == sorted(names)
     rc, _, _ = _cli(capsys, ["infer", tmp_path / "data" / "img", tmp_path / "pred", *infer_args])
     assert rc == 0
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.nii.gz")) == sorted(f"{n}.nii.gz" for n in names)
-    rc, _, _ = _cli(capsys, ["evaluate", "--pred", tmp_path / "pred", "--label", tmp_path / "data" / "lab",
-                             "--label-map", "btcv", "--image", tmp_path / "data" / "img", "--output", tmp_path / "report",
-                             "--no-progress", "--device", "cpu"])
+    rc, _, _ = _cli(
+        capsys,
+        [
+            "evaluate",
+            "--pred",
+            tmp_path / "pred",
+            "--label",
+            tmp_path / "data" / "lab",
+            "--label-map",
+            "btcv",
+            "--image",
+            tmp_path / "data" / "img",
+            "--output",
+            tmp_path / "report",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+    )
     assert rc == 0
     summary = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
     assert sorted(c["case"] for c in summary["cases"]) == sorted(names) and not summary["failed"]
@@ -716,8 +797,7 @@ def test_unreadable_files_and_folders(tmp_path: Path, permissions_enforced: List
         write_nifti(data / "img" / f"{case}.nii.gz", _ct(), AFFINE)
         write_nifti(data / "lab" / f"{case}.nii.gz", _labels(), AFFINE)
     write_dicom_series(data / "img" / "locked series", np.zeros((8, 8, 2), np.int16))
-    write_nifti(data / "lab" / "locked series.nii.gz", np.zeros((8, 8, 2), np.uint8),
-                affine_for((0.8, 0.8, 2.0), "LPS", (100, 120, -300)))
+    write_nifti(data / "lab" / "locked series.nii.gz", np.zeros((8, 8, 2), np.uint8), affine_for((0.8, 0.8, 2.0), "LPS", (100, 120, -300)))
     # an unreadable file of no known type must not turn the folder into a (failing) DICOM series
     (data / "img" / "notes").write_text("private")
     gt, pred, pred_hidden = tmp_path / "gt", tmp_path / "pred", tmp_path / "pred_hidden"
@@ -725,20 +805,20 @@ def test_unreadable_files_and_folders(tmp_path: Path, permissions_enforced: List
         folder.mkdir()
         shutil.copy(data / "lab" / "good.nii.gz", folder / "good.nii.gz")
         shutil.copy(data / "lab" / "locked.nii.gz", folder / "locked.nii.gz")
-    locked = [data / "img" / "locked.nii.gz", data / "img" / "locked series", data / "img" / "notes",
-              pred / "locked.nii.gz", pred_hidden]
+    locked = [data / "img" / "locked.nii.gz", data / "img" / "locked series", data / "img" / "notes", pred / "locked.nii.gz", pred_hidden]
     for path in locked:
         path.chmod(0)
         permissions_enforced.append(path)
 
     evaluate = ["evaluate", "--label", gt, "--no-progress", "--device", "cpu", "--overlays", "0"]
-    runs = _cli_restricted([
-        ["prepare", "nifti", data, "--images", data / "img", "--labels", data / "lab", "--test-fraction", "1",
-         "-o", tmp_path / "dl.json"],
-        [*evaluate, "--pred", pred, "--output", tmp_path / "report"],
-        [*evaluate, "--pred", pred_hidden, "--output", tmp_path / "report2"],  # a folder that cannot be listed
-        ["infer", data / "img", tmp_path / "out", *infer_args],
-    ])
+    runs = _cli_restricted(
+        [
+            ["prepare", "nifti", data, "--images", data / "img", "--labels", data / "lab", "--test-fraction", "1", "-o", tmp_path / "dl.json"],
+            [*evaluate, "--pred", pred, "--output", tmp_path / "report"],
+            [*evaluate, "--pred", pred_hidden, "--output", tmp_path / "report2"],  # a folder that cannot be listed
+            ["infer", data / "img", tmp_path / "out", *infer_args],
+        ]
+    )
     for rc, _, err in runs:
         assert rc == 1 and "Traceback" not in err, err
 
@@ -748,7 +828,7 @@ def test_unreadable_files_and_folders(tmp_path: Path, permissions_enforced: List
     assert any(f"case locked series left out: {data / 'img' / 'locked series'}: permission denied" in line for line in lines)
     assert [c["case_id"] for c in json.loads((tmp_path / "dl.json").read_text())["test"]] == ["good"]
 
-    line, = _failure_lines(runs[1][2], "failed:")
+    (line,) = _failure_lines(runs[1][2], "failed:")
     assert f"case locked failed: {pred / 'locked.nii.gz'}: permission denied" in line
     assert json.loads((tmp_path / "report" / "summary.json").read_text())["num_cases"] == 1
 

@@ -79,21 +79,62 @@ def test_volume_figure_goes_through_the_products_segmenter(tmp_path: Path) -> No
 
 def test_benchmark_smallest_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
-    argv = ["benchmark", "--variant", "vit_t", "--img-size", "32", "--batch", "1", "--num-classes", "3", "--warmup", "0", "--steps", "1",
-            "--infer-iters", "1", "--volume-shape", "16", "16", "2", "--batch-cases", "2", "--memory-steps", "1", "--json", str(out),
-            "--threads", str(torch.get_num_threads())]  # the current count: exercises the option, changes nothing
+    argv = [
+        "benchmark",
+        "--variant",
+        "vit_t",
+        "--img-size",
+        "32",
+        "--batch",
+        "1",
+        "--num-classes",
+        "3",
+        "--warmup",
+        "0",
+        "--steps",
+        "1",
+        "--infer-iters",
+        "1",
+        "--volume-shape",
+        "16",
+        "16",
+        "2",
+        "--batch-cases",
+        "2",
+        "--memory-steps",
+        "1",
+        "--json",
+        str(out),
+        "--threads",
+        str(torch.get_num_threads()),
+    ]  # the current count: exercises the option, changes nothing
     assert main(argv) == 0
     table = capsys.readouterr().out
     header = "| " + " | ".join(TABLE_COLUMNS) + " |"
     assert header in table
-    for row in ("trainable parameters", "training step", "peak training memory", "decoder attention memory", "inference throughput", "end to end", "smaller than 512x512x150",
-                "`balr-sam infer`'s segmenter"):
+    for row in (
+        "trainable parameters",
+        "training step",
+        "peak training memory",
+        "decoder attention memory",
+        "inference throughput",
+        "end to end",
+        "smaller than 512x512x150",
+        "`balr-sam infer`'s segmenter",
+    ):
         assert row in table
     assert "| target | value | status |" in table
     result = json.loads(out.read_text(), parse_constant=_reject_non_finite)  # strict JSON: no NaN/Infinity
     assert format_table(result) in table
     figures, ratios = result["figures"], result["ratios"]
-    for metric in ("trainable_parameters", "train_step_seconds", "peak_train_memory_bytes", "decoder_attention_bytes", "inference_slices_per_second", "volume_seconds"):
+    for metric in (
+        "trainable_parameters",
+        "train_step_seconds",
+        "peak_train_memory_bytes",
+        "decoder_attention_bytes",
+        "inference_slices_per_second",
+        "volume_seconds",
+    ):
         for name in TRAIN_CONFIGS:
             assert figures[metric][name] > 0, (metric, name)
         for key in ("vs_full_ft", "vs_samed"):
@@ -102,7 +143,13 @@ def test_benchmark_smallest_settings(tmp_path: Path, capsys: pytest.CaptureFixtu
             assert r == pytest.approx(figures[metric]["balr_sam"] / figures[metric][key[3:]])
     assert ratios["inference_slices_per_second"]["vs_sam"] > 0
     assert ratios["decoder_attention_bytes"]["vs_sam"] > 0
-    assert {t["key"] for t in result["targets"]} >= {"train_time_vs_full_ft", "train_time_vs_samed", "train_memory_vs_full_ft", "decoder_memory_vs_sam", "throughput_vs_sam"}
+    assert {t["key"] for t in result["targets"]} >= {
+        "train_time_vs_full_ft",
+        "train_time_vs_samed",
+        "train_memory_vs_full_ft",
+        "decoder_memory_vs_sam",
+        "throughput_vs_sam",
+    }
     assert all(t["status"] in ("holds", "does not hold") for t in result["targets"][:5])
     assert result["memory"]["balr_sam"]["kind"] == "peak RSS of the child process"
     assert result["encoder_flops"]["flops_per_forward"] > 0

@@ -30,7 +30,9 @@ def test_train_and_infer_workflows_have_every_required_property(tiny_dataset: di
     train.initialize()
     assert train.check_properties() == []
     images = str(Path(tiny_dataset["dataset_dir"]) / "img")
-    infer = ConfigWorkflow(config_file=INFER, meta_file=META, workflow_type="infer", dataset_dir=images, variant="vit_t", img_size=64, bundle_root=str(tmp_path))
+    infer = ConfigWorkflow(
+        config_file=INFER, meta_file=META, workflow_type="infer", dataset_dir=images, variant="vit_t", img_size=64, bundle_root=str(tmp_path)
+    )
     infer.initialize()
     assert infer.check_properties() == []
 
@@ -40,7 +42,17 @@ def test_metadata_validates_against_the_bundle_schema() -> None:
     verify_metadata(meta_file=META, filepath=str(schema_file))  # MONAI's own check
     meta = json.loads(Path(META).read_text())
     channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    assert channels == {"0": "background", "1": "spleen", "2": "kidney_right", "3": "kidney_left", "4": "gallbladder", "5": "liver", "6": "stomach", "7": "aorta", "8": "pancreas"}
+    assert channels == {
+        "0": "background",
+        "1": "spleen",
+        "2": "kidney_right",
+        "3": "kidney_left",
+        "4": "gallbladder",
+        "5": "liver",
+        "6": "stomach",
+        "7": "aorta",
+        "8": "pancreas",
+    }
     broken = copy.deepcopy(meta)
     del broken["network_data_format"]["outputs"]["pred"]["num_channels"]
     with pytest.raises(jsonschema.ValidationError):
@@ -54,7 +66,9 @@ def test_verify_net_in_out() -> None:
 def test_training_without_a_dataset_names_prepare_and_demo(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--meta_file", META, "--bundle_root", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert "balr-sam prepare" in result.stderr and "balr-sam demo" in result.stderr
@@ -87,14 +101,19 @@ def test_evaluate_config_writes_predictions_and_reports(tiny_dataset: dict, tiny
     bundle = tmp_path / "run"
     shutil.copytree(tiny_trained / "models", bundle / "models")  # the evaluation writes runs/ into the bundle
     run(
-        "evaluating", config_file=[TRAIN, DEMO, str(CONFIGS / "evaluate.json")], meta_file=META,
+        "evaluating",
+        config_file=[TRAIN, DEMO, str(CONFIGS / "evaluate.json")],
+        meta_file=META,
         **{**TINY, "dataset_dir": tiny_dataset["dataset_dir"], "sam_checkpoint": tiny_dataset["sam"], "bundle_root": str(bundle)},
     )
     report = bundle / "runs" / "evaluation"
     summary = json.loads((report / "summary.json").read_text())
     assert summary["num_cases"] == 1 and summary["num_failed"] == 0
     assert (report / "per_case.csv").read_text().count("\n") == 1 + 8
-    assert "| Method | Mean DSC | Mean HD95 | Aorta | Gallbladder | Kidney L | Kidney R | Liver | Pancreas | Spleen | Stomach |" in (report / "summary.md").read_text()
+    assert (
+        "| Method | Mean DSC | Mean HD95 | Aorta | Gallbladder | Kidney L | Kidney R | Liver | Pancreas | Spleen | Stomach |"
+        in (report / "summary.md").read_text()
+    )
     prediction = next((bundle / "runs" / "predictions").glob("*_seg.nii.gz"))
     label = nib.load(summary["cases"][0]["label"])
     assert_segments(np.asarray(nib.load(prediction).dataobj), 3, "evaluated prediction")
@@ -107,9 +126,17 @@ def test_ckpt_export_torchscript_with_merged_adapters(tiny_dataset: dict, tiny_t
 
     ts = tmp_path / "model.ts"
     ckpt_export(
-        net_id="network_export", filepath=str(ts), ckpt_file=str(tiny_trained / "models" / "model.pt"), meta_file=META,
-        config_file=INFER, key_in_ckpt="model", use_trace=True, input_shape=[1, 1, 64, 64],
-        variant="vit_t", img_size=64, sam_checkpoint=tiny_dataset["sam"],
+        net_id="network_export",
+        filepath=str(ts),
+        ckpt_file=str(tiny_trained / "models" / "model.pt"),
+        meta_file=META,
+        config_file=INFER,
+        key_in_ckpt="model",
+        use_trace=True,
+        input_shape=[1, 1, 64, 64],
+        variant="vit_t",
+        img_size=64,
+        sam_checkpoint=tiny_dataset["sam"],
     )
     exported = torch.jit.load(str(ts))
     reference = load_balr_sam(tiny_trained / "models" / "model.pt", sam_checkpoint=tiny_dataset["sam"]).eval()
@@ -123,8 +150,18 @@ def test_batch_inference_cli_writes_exact_geometry_and_skips_reruns(tiny_dataset
 
     images = Path(tiny_dataset["dataset_dir"]) / "img"
     out = tmp_path / "pred"
-    args = ["infer", str(images), str(out), "--checkpoint", str(tiny_trained / "models" / "model.pt"), "--sam-checkpoint", tiny_dataset["sam"],
-            "--config", DEMO, "--no-progress"]
+    args = [
+        "infer",
+        str(images),
+        str(out),
+        "--checkpoint",
+        str(tiny_trained / "models" / "model.pt"),
+        "--sam-checkpoint",
+        tiny_dataset["sam"],
+        "--config",
+        DEMO,
+        "--no-progress",
+    ]
     overrides_file = tmp_path / "tiny.json"
     overrides_file.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "sw_batch_size": 32, "num_workers": 0}))
     args += ["--config", str(overrides_file)]

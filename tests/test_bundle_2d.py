@@ -70,7 +70,9 @@ def _check_protocol(summary: dict, job: str, items: list, preds: Dict[str, np.nd
         assert summary["dice"] == pytest.approx(ref["dice"], abs=1e-12)
         assert summary["iou"] == pytest.approx(ref["miou"], abs=1e-12)
         assert {k: summary["confusion"][k] for k in ("tp", "fp", "fn", "tn")} == {k: ref[k] for k in ("tp", "fp", "fn", "tn")}
-        assert summary["confusion"]["tp"] + summary["confusion"]["fp"] + summary["confusion"]["fn"] + summary["confusion"]["tn"] == sum(g.size for g in gts.values())
+        assert summary["confusion"]["tp"] + summary["confusion"]["fp"] + summary["confusion"]["fn"] + summary["confusion"]["tn"] == sum(
+            g.size for g in gts.values()
+        )
     else:
         assert summary["protocol"] == "pranet" and summary["task"] == "polyp"
         sets = {it["test_set"] for it in items}
@@ -102,8 +104,7 @@ def job(request: pytest.FixtureRequest, shared_data: Path, tiny_dataset: Dict[st
     config = str(CONFIGS / f"{name}.json")
     run("training", config_file=[TRAIN, config], meta_file=META, max_epochs=2, val_interval=1, **settings)
     run("evaluating", config_file=[TRAIN, config, EVALUATE], meta_file=META, **settings)
-    return {"name": name, "root": root, "datalist": path, "config": config, "sam": sam_base, "bundle": root / "bundle",
-            "test": datalist["test"]}
+    return {"name": name, "root": root, "datalist": path, "config": config, "sam": sam_base, "bundle": root / "bundle", "test": datalist["test"]}
 
 
 def test_training_runs_a_few_iterations_and_keeps_the_best_2d_model(job: dict) -> None:
@@ -145,8 +146,20 @@ def test_infer_cli_writes_one_png_per_image_at_the_original_size(job: dict, tmp_
     tiny = tmp_path / "tiny.json"
     tiny.write_text(json.dumps({"variant": "vit_t", "img_size": 64, "num_workers": 0}))
     out = tmp_path / "pred"
-    args = ["infer", str(images), str(out), "--checkpoint", str(job["bundle"] / "models" / "model.pt"), "--sam-checkpoint", job["sam"],
-            "--config", job["config"], "--config", str(tiny), "--no-progress"]
+    args = [
+        "infer",
+        str(images),
+        str(out),
+        "--checkpoint",
+        str(job["bundle"] / "models" / "model.pt"),
+        "--sam-checkpoint",
+        job["sam"],
+        "--config",
+        job["config"],
+        "--config",
+        str(tiny),
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{_case(it['image'])}.png" for it in job["test"])
     for item in job["test"]:
@@ -158,8 +171,24 @@ def test_infer_cli_writes_one_png_per_image_at_the_original_size(job: dict, tmp_
         sidecar = json.loads((out / f"{case}.json").read_text())
         assert sidecar["labels"] == {"0": "background", "1": "lesion" if job["name"] == "isic2017" else "polyp"}
     # the folder of PNG masks scores the same through the command line
-    assert main(["evaluate", "--datalist", str(job["datalist"]), "--pred", str(out), "--output", str(tmp_path / "report"),
-                 "--labels", job["name"], "--overlays", "0"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--datalist",
+                str(job["datalist"]),
+                "--pred",
+                str(out),
+                "--output",
+                str(tmp_path / "report"),
+                "--labels",
+                job["name"],
+                "--overlays",
+                "0",
+            ]
+        )
+        == 0
+    )
     again = json.loads((tmp_path / "report" / "summary.json").read_text())
     first = json.loads((job["bundle"] / "runs" / "evaluation" / "summary.json").read_text())
     assert (again["dice"], again["iou"]) == (first["dice"], first["iou"])

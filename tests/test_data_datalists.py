@@ -24,8 +24,17 @@ from balr_sam.data.prepare import prepare_images2d, prepare_isic2017, prepare_ni
 from balr_sam.data.splits import POLYP_TEST_SETS, TRANSUNET_TEST_IDS, TRANSUNET_TRAIN_IDS, fraction_split
 from balr_sam.errors import DataError
 
-SYNAPSE_LABELS = {"0": "background", "1": "spleen", "2": "kidney_right", "3": "kidney_left", "4": "gallbladder",
-                  "5": "liver", "6": "stomach", "7": "aorta", "8": "pancreas"}
+SYNAPSE_LABELS = {
+    "0": "background",
+    "1": "spleen",
+    "2": "kidney_right",
+    "3": "kidney_left",
+    "4": "gallbladder",
+    "5": "liver",
+    "6": "stomach",
+    "7": "aorta",
+    "8": "pancreas",
+}
 
 
 def _ids(items):
@@ -85,7 +94,9 @@ def test_synapse_raw_explicit_transunet_split_with_missing_cases(tmp_path):
 
 def test_synapse_transunet_npz_layout(tmp_path):
     root = make_transunet_tree(
-        tmp_path / "Synapse", {5: 3, 6: 2}, test_cases=[1, 2],
+        tmp_path / "Synapse",
+        {5: 3, 6: 2},
+        test_cases=[1, 2],
         train_list=["case0005_slice000", "case0005_slice001", "case0006_slice000", "case0006_slice001"],
     )
     dl = prepare_synapse(root, root / "datalist.json")
@@ -93,8 +104,7 @@ def test_synapse_transunet_npz_layout(tmp_path):
     assert len(dl["training"]) == 4  # train.txt lists 4 of the 5 slices
     assert any("not in train.txt" in n for n in dl["notes"])
     first = dl["training"][0]
-    assert first == {"case_id": "0005", "slice": 0, "image": "train_npz/case0005_slice000.npz",
-                     "label": "train_npz/case0005_slice000.npz"}
+    assert first == {"case_id": "0005", "slice": 0, "image": "train_npz/case0005_slice000.npz", "label": "train_npz/case0005_slice000.npz"}
     assert [c["case_id"] for c in dl["test"]] == ["0001", "0002"]
     assert dl["test"][0]["image"] == "test_vol_h5/case0001.npy.h5" and "label_map" not in dl["test"][0]
     assert verify_datalist(root / "datalist.json") == 6
@@ -112,8 +122,11 @@ def test_isic2017_layout(tmp_path):
     assert dl["labels"] == {"0": "background", "1": "lesion"} and dl["label_set"] == "isic2017"
     assert dl["mask_threshold"] == 127 and dl["modality"] == "dermoscopy"
     c = dl["training"][0]
-    assert c == {"case_id": "ISIC_0000000", "image": "ISIC-2017_Training_Data/ISIC_0000000.jpg",
-                 "label": "ISIC-2017_Training_Part1_GroundTruth/ISIC_0000000_segmentation.png"}
+    assert c == {
+        "case_id": "ISIC_0000000",
+        "image": "ISIC-2017_Training_Data/ISIC_0000000.jpg",
+        "label": "ISIC-2017_Training_Part1_GroundTruth/ISIC_0000000_segmentation.png",
+    }
     every = [x["image"] for s in ("training", "validation", "test") for x in dl[s]]
     assert not any("superpixels" in p for p in every)
     assert dl["test"][0]["image"].startswith("ISIC-2017_Test_v2_Data/")
@@ -206,8 +219,7 @@ def test_nifti_flat_layout_with_labels_and_dicom(tmp_path):
     hu = np.zeros((6, 6, 4), np.int16)
     write_dicom_series(src / "d", hu, spacing=(0.8, 0.8, 2.5), origin=(0.0, 0.0, 0.0))
     write_nifti(tmp_path / "labs" / "d_seg.nii.gz", np.zeros((6, 6, 4), np.uint8), affine_for((0.8, 0.8, 2.5), "LPS"))
-    dl = prepare_nifti(src, tmp_path / "dl.json", labels=tmp_path / "labs", label_suffix="_seg",
-                       label_map="btcv", val_fraction=0.25, test_fraction=0.25)
+    dl = prepare_nifti(src, tmp_path / "dl.json", labels=tmp_path / "labs", label_suffix="_seg", label_map="btcv", val_fraction=0.25, test_fraction=0.25)
     cases = {c["case_id"]: c for s in ("training", "validation", "test") for c in dl[s]}
     assert sorted(cases) == ["a", "b", "c", "d"]
     assert cases["d"]["image"] == "vols/d" and cases["d"]["label"] == "labs/d_seg.nii.gz"
@@ -233,8 +245,9 @@ def test_nifti_case_folders(tmp_path):
         write_nifti(tmp_path / case / "image.nii.gz", np.zeros((5, 5, 3), np.int16), aff)
         write_nifti(tmp_path / case / "label_totalseg.nii.gz", np.full((5, 5, 3), 52, np.uint8), aff)
     (tmp_path / "notes").mkdir()  # folders without the image name are not cases
-    dl = prepare_nifti(tmp_path, tmp_path / "dl.json", image_names=["image.nii.gz"],
-                       label_name="label_totalseg.nii.gz", label_map="totalseg", test_fraction=1.0)
+    dl = prepare_nifti(
+        tmp_path, tmp_path / "dl.json", image_names=["image.nii.gz"], label_name="label_totalseg.nii.gz", label_map="totalseg", test_fraction=1.0
+    )
     assert [c["case_id"] for c in dl["test"]] == ["p1", "p2"]
     assert dl["test"][0]["image"] == "p1/image.nii.gz" and dl["test"][0]["label_map"] == "totalseg"
 

@@ -11,9 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from scipy.ndimage import binary_dilation
 from monai.data import MetaTensor
 from monai.transforms import Invertd
+from scipy.ndimage import binary_dilation
 
 from balr_sam.data.datalist import load_datalist, verify_datalist
 from balr_sam.data.io import (
@@ -35,8 +35,7 @@ TOTALSEG_TO_SYNAPSE = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 52: 7, 7: 8}
 
 def test_ct_abdomen_nifti_labels_map_to_all_8_organs(shared_data, tmp_path):
     folder = shared_data / "ct-abdomen-nifti"
-    dl = prepare_nifti(folder, tmp_path / "ct.json", image_names=["image.nii.gz"], label_name="label_totalseg.nii.gz",
-                       label_map="totalseg", test_fraction=1.0)
+    dl = prepare_nifti(folder, tmp_path / "ct.json", image_names=["image.nii.gz"], label_name="label_totalseg.nii.gz", label_map="totalseg", test_fraction=1.0)
     (case,) = load_datalist(tmp_path / "ct.json", "test")
     assert dl["test"][0]["spacing"] == [3.0, 3.0, 3.0] and case["label_map"] == "totalseg"
     raw = read_volume(folder / "label_totalseg.nii.gz").array
@@ -75,8 +74,14 @@ def test_ct_abdomen_dicom_series_matches_label_geometry(shared_data, tmp_path):
     arr, aff = read_dicom_series(series, backend="pydicom")
     assert np.array_equal(arr, vol.array) and np.allclose(aff, vol.affine)
     # through the datalist and the inference preprocessing, and back to the DICOM's geometry
-    prepare_nifti(shared_data / "ct-abdomen-dicom", tmp_path / "d.json", image_names=["series"],
-                  label_name="label_totalseg.nii.gz", label_map="totalseg", test_fraction=1.0)
+    prepare_nifti(
+        shared_data / "ct-abdomen-dicom",
+        tmp_path / "d.json",
+        image_names=["series"],
+        label_name="label_totalseg.nii.gz",
+        label_map="totalseg",
+        test_fraction=1.0,
+    )
     (case,) = load_datalist(tmp_path / "d.json", "test")
     pre = ct_inference_preprocessing(img_size=128, label_key="label")
     d = pre(case)

@@ -79,8 +79,7 @@ def test_synthetic_ct_layout_geometry_and_anatomy(synth_ct, tmp_path):
     dl = prepare_synapse(synth_ct, tmp_path / "dl.json")
     assert dl["split"] == "fraction" and dl["label_map"] == "btcv"
     assert verify_datalist(tmp_path / "dl.json") == 3
-    hu_targets = {"liver": 60, "spleen": 50, "aorta": 200, "gallbladder": 10, "pancreas": 40, "kidney_left": 150,
-                  "kidney_right": 150, "stomach": 25}
+    hu_targets = {"liver": 60, "spleen": 50, "aorta": 200, "gallbladder": 10, "pancreas": 40, "kidney_left": 150, "kidney_right": 150, "stomach": 25}
     names = get_label_set("synapse").labels
     centroids = []
     for split in ("training", "validation", "test"):

@@ -153,8 +153,7 @@ def test_inference_preprocessing_inverts_to_input_geometry(tmp_path, codes):
     assert tuple(out.shape) == (9, *hu.shape)
     assert np.allclose(out.affine.numpy(), aff, atol=1e-6)
     # written to disk in the original geometry
-    SaveImaged("pred", output_dir=str(tmp_path / "out"), output_postfix="seg", separate_folder=False,
-               print_log=False)({"pred": out.argmax(0, keepdim=True)})
+    SaveImaged("pred", output_dir=str(tmp_path / "out"), output_postfix="seg", separate_folder=False, print_log=False)({"pred": out.argmax(0, keepdim=True)})
     written = nib.load(str(tmp_path / "out" / f"img_{codes}_seg.nii.gz"))
     assert written.shape[:3] == hu.shape and np.allclose(written.affine, aff, atol=1e-5)
 
@@ -170,8 +169,9 @@ def test_inverted_label_round_trip_is_exact(tmp_path, codes):
     assert d["label"].shape == (1, 24, 16, 10)  # kept in the original geometry for metrics
     expected = remap_labels(label, "synapse", "btcv")
     assert np.array_equal(d["label"][0].numpy(), expected)
-    model_space = Compose([Orientationd("x", axcodes=AXCODES, labels=None),
-                           Resized("x", spatial_size=(48, 48, -1), mode="nearest")])({"x": d["label"].clone()})["x"]
+    model_space = Compose([Orientationd("x", axcodes=AXCODES, labels=None), Resized("x", spatial_size=(48, 48, -1), mode="nearest")])(
+        {"x": d["label"].clone()}
+    )["x"]
     d["pred"] = MetaTensor(model_space.as_tensor(), meta=dict(d["image"].meta))
     out = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(d)["pred"]
     assert np.array_equal(out[0].numpy(), expected) and np.allclose(out.affine.numpy(), aff)
@@ -225,8 +225,10 @@ def test_transunet_pipelines(tmp_path):
 def test_transunet_validation_case_stacks_its_slices_into_a_volume(tmp_path):
     # TransUNet ships training cases as slices only: a validation case is its slices stacked in slice order
     root = make_transunet_tree(tmp_path, {5: 3, 6: 2}, test_cases=[], size=16)
-    items = [{"case_id": f"{c:04d}", "slice": k, "image": str(root / "train_npz" / f"case{c:04d}_slice{k:03d}.npz")}
-             for c, k in [(5, 2), (6, 0), (5, 0), (6, 1), (5, 1)]]
+    items = [
+        {"case_id": f"{c:04d}", "slice": k, "image": str(root / "train_npz" / f"case{c:04d}_slice{k:03d}.npz")}
+        for c, k in [(5, 2), (6, 0), (5, 0), (6, 1), (5, 1)]
+    ]
     for item in items:
         item["label"] = item["image"]
     volumes = slices_as_volumes(items)
@@ -247,8 +249,7 @@ def test_transforms_for_datalist_takes_slices_per_volume_for_every_format():
     # train.json passes num_slices whatever the format; only the volume pipeline samples slices
     for fmt in ("volume", "transunet", "image2d"):
         assert isinstance(transforms_for_datalist({"format": fmt}, "training", img_size=32, num_slices=3), Compose)
-    samplers = [t for t in transforms_for_datalist({"format": "volume"}, "training", num_slices=3).transforms
-                if isinstance(t, RandSampleSlicesd)]
+    samplers = [t for t in transforms_for_datalist({"format": "volume"}, "training", num_slices=3).transforms if isinstance(t, RandSampleSlicesd)]
     assert len(samplers) == 1 and samplers[0].num_samples == 3
 
 

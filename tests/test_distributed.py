@@ -22,8 +22,20 @@ MULTI = str(Path(TRAIN).with_name("multi_gpu_train.json"))
 
 def _torchrun(args: list, cwd: Path, port: int, timeout: int = 600) -> subprocess.CompletedProcess:
     """torchrun with 2 local processes (rendezvous on 127.0.0.1:``port``); on a hang the whole process group is killed (no orphan ranks)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(port), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        *args,
+    ]
     proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -42,13 +54,21 @@ def ddp_dataset(tiny_synapse: Callable[..., Tuple[Path, Path]], tmp_path_factory
     return {"root": str(root), "dataset_dir": str(data), "sam": str(sam)}
 
 
-def test_two_process_training_keeps_ranks_identical_and_writes_one_checkpoint(ddp_dataset: Dict[str, str], free_port: Callable[[], int], tmp_path: Path) -> None:
+def test_two_process_training_keeps_ranks_identical_and_writes_one_checkpoint(
+    ddp_dataset: Dict[str, str], free_port: Callable[[], int], tmp_path: Path
+) -> None:
     # a test-only override that also saves each rank's trainable weights at the end
     dump = tmp_path / "dump.json"
-    dump.write_text(json.dumps({"finalize": [
-        "$torch.save(balr_sam.engine.TrainableWeights(@network).state_dict(), @bundle_root + '/rank' + str(dist.get_rank()) + '.pt')",
-        "$dist.destroy_process_group()",
-    ]}))
+    dump.write_text(
+        json.dumps(
+            {
+                "finalize": [
+                    "$torch.save(balr_sam.engine.TrainableWeights(@network).state_dict(), @bundle_root + '/rank' + str(dist.get_rank()) + '.pt')",
+                    "$dist.destroy_process_group()",
+                ]
+            }
+        )
+    )
     root = tmp_path / "run"
     result = _torchrun(training_argv([TRAIN, DEMO, MULTI, dump], tiny_settings(ddp_dataset, root)), tmp_path, free_port())
     assert result.returncode == 0, result.stderr[-3000:]

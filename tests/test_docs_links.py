@@ -61,14 +61,16 @@ def broken_links(path: Path, root: Path = ROOT) -> List[str]:
 
 
 def test_link_extraction() -> None:
-    text = "\n".join([
-        "[a](docs/a.md) and ![img](pics/x.png \"title\") and [b](<docs/b c.md#part>)",
-        "[web](https://example.org) [mail](mailto:x@example.org) [top](#layout) `[code](nope.md)`",
-        "```bash",
-        "[fenced](nope.md)",
-        "```",
-        "[[nested] text](docs/c.md#x)",
-    ])
+    text = "\n".join(
+        [
+            '[a](docs/a.md) and ![img](pics/x.png "title") and [b](<docs/b c.md#part>)',
+            "[web](https://example.org) [mail](mailto:x@example.org) [top](#layout) `[code](nope.md)`",
+            "```bash",
+            "[fenced](nope.md)",
+            "```",
+            "[[nested] text](docs/c.md#x)",
+        ]
+    )
     assert relative_links(text) == [(1, "docs/a.md"), (1, "pics/x.png"), (1, "docs/b c.md#part"), (6, "docs/c.md#x")]
 
 

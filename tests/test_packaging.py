@@ -13,8 +13,8 @@ import pytest
 import balr_sam
 from balr_sam import bundle_location
 from balr_sam.bundle_location import bundle_dir
-from balr_sam.inference import config_file, default_bundle_dir
 from balr_sam.errors import BalrSamError
+from balr_sam.inference import config_file, default_bundle_dir
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 

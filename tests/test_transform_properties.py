@@ -32,7 +32,6 @@ from balr_sam.data.io import align_to_reference, read_image_2d, read_image_2d_si
 from balr_sam.data.pipelines import ct_inference_preprocessing
 from balr_sam.data.transforms import MapLabelsd
 from balr_sam.errors import DataError
-from balr_sam.labels import get_label_set
 from balr_sam.labels import get_label_set, remap_labels
 
 shapes = st.tuples(st.integers(2, 7), st.integers(2, 7), st.integers(1, 5))
@@ -66,18 +65,17 @@ def _affine(geometry) -> np.ndarray:
 
 @settings(max_examples=40, deadline=None)
 @given(shape=shapes, geometry=geometries, img_size=st.sampled_from([4, 8, 12]))
-def test_preprocessing_then_invertd_restores_shape_affine_and_voxels(shape: Tuple[int, int, int], geometry,
-                                                                    img_size: int) -> None:
+def test_preprocessing_then_invertd_restores_shape_affine_and_voxels(shape: Tuple[int, int, int], geometry, img_size: int) -> None:
     affine = _affine(geometry)
     # a pattern that no axis permutation or flip maps onto itself: on halves of each file axis,
     # the octant (low, low, low) is bright (275 HU, class 2), the octant (high, low, low) mid-grey
     # (75 HU, class 1), the rest dark (-125 HU, class 0)
     half = [(n + 1) // 2 for n in shape]
     hu = np.full(shape, -125, np.int16)
-    hu[half[0]:, : half[1], : half[2]] = 75
+    hu[half[0] :, : half[1], : half[2]] = 75
     hu[: half[0], : half[1], : half[2]] = 275
     expected = np.zeros(shape, np.int64)
-    expected[half[0]:, : half[1], : half[2]] = 1
+    expected[half[0] :, : half[1], : half[2]] = 1
     expected[: half[0], : half[1], : half[2]] = 2
     with tempfile.TemporaryDirectory() as tmp:
         path = write_nifti(Path(tmp) / "ct.nii.gz", hu, affine)
@@ -89,8 +87,7 @@ def test_preprocessing_then_invertd_restores_shape_affine_and_voxels(shape: Tupl
         # 0.5, 1), as the network's logits would; like SliceInferer's output for a MetaTensor input
         # it is a MetaTensor (Invertd skips plain tensors)
         data["pred"] = torch.cat([-((image - level) ** 2) for level in (0.0, 0.5, 1.0)])
-        post = Compose([Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
-                        AsDiscreted(keys="pred", argmax=True)])
+        post = Compose([Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True), AsDiscreted(keys="pred", argmax=True)])
         pred = post(data)["pred"]
     assert tuple(pred.shape) == (1, *shape)
     np.testing.assert_allclose(np.asarray(pred.affine, dtype=np.float64), affine, atol=1e-5)
@@ -107,9 +104,13 @@ def test_preprocessing_then_invertd_restores_shape_affine_and_voxels(shape: Tupl
 
 
 @settings(max_examples=50, deadline=None)
-@given(shape=shapes, geometry=geometries,
-       stored=st.tuples(st.permutations([0, 1, 2]), st.tuples(*[st.sampled_from([1, -1])] * 3)),
-       channels=st.sampled_from([0, 2]), seed=st.integers(0, 2**16))
+@given(
+    shape=shapes,
+    geometry=geometries,
+    stored=st.tuples(st.permutations([0, 1, 2]), st.tuples(*[st.sampled_from([1, -1])] * 3)),
+    channels=st.sampled_from([0, 2]),
+    seed=st.integers(0, 2**16),
+)
 def test_align_to_reference_round_trip(shape, geometry, stored, channels: int, seed: int) -> None:
     ref_affine = _affine(geometry)
     rng = np.random.default_rng(seed)
@@ -139,8 +140,7 @@ def test_align_to_reference_round_trip(shape, geometry, stored, channels: int, s
 @given(source=st.sampled_from(["btcv", "totalseg", "identity"]), data=st.data())
 def test_label_mapping_preserves_voxel_counts(source: str, data) -> None:
     top = get_label_set("synapse").max_source_value(source)
-    label = data.draw(arrays(np.int64, st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)),
-                             elements=st.integers(0, top)))
+    label = data.draw(arrays(np.int64, st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)), elements=st.integers(0, top)))
     mapping = get_label_set("synapse").maps[source]
     mapped = remap_labels(label, "synapse", source)
     assert mapped.shape == label.shape
@@ -162,8 +162,7 @@ def test_label_mapping_preserves_voxel_counts(source: str, data) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(shape=shapes, geometry=geometries, dtype=st.sampled_from([np.int16, np.uint8, np.float32, np.uint16]),
-       seed=st.integers(0, 2**16))
+@given(shape=shapes, geometry=geometries, dtype=st.sampled_from([np.int16, np.uint8, np.float32, np.uint16]), seed=st.integers(0, 2**16))
 def test_nifti_volume_round_trip(shape, geometry, dtype, seed: int) -> None:
     affine = _affine(geometry)
     arr = np.random.default_rng(seed).integers(0, 200, size=shape).astype(dtype)
@@ -181,8 +180,13 @@ def _write_2d(path: Path, array: np.ndarray) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(h=st.integers(1, 12), w=st.integers(1, 12), mode=st.sampled_from(["RGB", "L", "RGBA", "I;16"]),
-       suffix=st.sampled_from([".png", ".tif"]), seed=st.integers(0, 2**16))
+@given(
+    h=st.integers(1, 12),
+    w=st.integers(1, 12),
+    mode=st.sampled_from(["RGB", "L", "RGBA", "I;16"]),
+    suffix=st.sampled_from([".png", ".tif"]),
+    seed=st.integers(0, 2**16),
+)
 def test_image_2d_round_trip(h: int, w: int, mode: str, suffix: str, seed: int) -> None:
     rng = np.random.default_rng(seed)
     if mode == "I;16":
@@ -204,8 +208,7 @@ def test_image_2d_round_trip(h: int, w: int, mode: str, suffix: str, seed: int) 
 
 
 @settings(max_examples=30, deadline=None)
-@given(mask=arrays(np.uint8, st.tuples(st.integers(1, 10), st.integers(1, 10)), elements=st.sampled_from([0, 255])),
-       wide=st.booleans())
+@given(mask=arrays(np.uint8, st.tuples(st.integers(1, 10), st.integers(1, 10)), elements=st.sampled_from([0, 255])), wide=st.booleans())
 def test_mask_2d_round_trip(mask: np.ndarray, wide: bool) -> None:
     stored = mask.astype(np.uint16) * 257 if wide else mask  # 16-bit masks {0, 65535}
     with tempfile.TemporaryDirectory() as tmp:

@@ -56,22 +56,40 @@ def _log_tail(path: Path, lines: int = 60) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[..., Tuple[Path, Path]],
-               shared_data_dir: Optional[Path]) -> Dict[str, Path]:
+def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_synapse: Callable[..., Tuple[Path, Path]], shared_data_dir: Optional[Path]) -> Dict[str, Path]:
     """Tiny trained model deployed into a fresh monaibundle app, and a datastore for it."""
     root = tmp_path_factory.mktemp("monailabel")
     data, sam = tiny_synapse(root, 4, 0.25)
     run_dir = root / "run"
     bundle_run(
-        "training", config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")], meta_file=str(CONFIGS / "metadata.json"),
-        dataset_dir=str(data), sam_checkpoint=str(sam), bundle_root=str(run_dir), max_epochs=1, val_interval=1, **TINY,
+        "training",
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")],
+        meta_file=str(CONFIGS / "metadata.json"),
+        dataset_dir=str(data),
+        sam_checkpoint=str(sam),
+        bundle_root=str(run_dir),
+        max_epochs=1,
+        val_interval=1,
+        **TINY,
     )
     assert (run_dir / "models" / "model.pt").is_file()
 
     app = root / "app"
     sets = [arg for key, value in {**TINY, "warmup_iterations": 2}.items() for arg in ("--set", f"{key}={value}")]
-    cmd = ["bash", str(REPO / "scripts" / "setup_monailabel.sh"), "--no-install", "--venv", sys.prefix, "--app", str(app),
-           "--sam-checkpoint", str(sam), "--model", str(run_dir / "models" / "model.pt"), *sets]
+    cmd = [
+        "bash",
+        str(REPO / "scripts" / "setup_monailabel.sh"),
+        "--no-install",
+        "--venv",
+        sys.prefix,
+        "--app",
+        str(app),
+        "--sam-checkpoint",
+        str(sam),
+        "--model",
+        str(run_dir / "models" / "model.pt"),
+        *sets,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     bundle = app / "model" / MODEL
@@ -98,11 +116,35 @@ def server(deployment: Dict[str, Path], free_port: Callable[[], int]) -> Iterato
     port = free_port()
     log = deployment["root"] / "server.log"
     # what the `monailabel` launcher script runs (it takes `python` from PATH, so not used here)
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(deployment["app"]), "--studies", str(deployment["studies"]),
-           "--conf", "models", MODEL, "--conf", "zoo_source", "local", "--conf", "sam2", "false",
-           "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
-           "MONAI_LABEL_SESSION_PATH": str(deployment["root"] / "sessions")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(deployment["app"]),
+        "--studies",
+        str(deployment["studies"]),
+        "--conf",
+        "models",
+        MODEL,
+        "--conf",
+        "zoo_source",
+        "local",
+        "--conf",
+        "sam2",
+        "false",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    env = {
+        **os.environ,
+        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+        "MONAI_LABEL_SESSION_PATH": str(deployment["root"] / "sessions"),
+    }
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(deployment["root"]))
@@ -169,8 +211,12 @@ def test_infer_real_ct_returns_label_map_in_input_geometry(server: str, deployme
 
     # the same segmentation as the product's own batch inference with the deployed bundle
     cli_out = deployment["root"] / "cli_infer"
-    done = subprocess.run([sys.executable, "-m", "balr_sam", "infer", str(image), str(cli_out), "--bundle", str(deployment["bundle"]),
-                           "--no-progress"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "balr_sam", "infer", str(image), str(cli_out), "--bundle", str(deployment["bundle"]), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     expected = np.asarray(nib.load(str(cli_out / "image.nii.gz")).dataobj)
     assert (labels == expected).mean() >= 0.999  # MONAI Label keeps the adapters unmerged: float-level ties only

@@ -68,7 +68,16 @@ def build_config(name: str, variant: str, img_size: int, num_classes: int = 9, d
         return build_balr_sam(variant, num_classes=num_classes, img_size=img_size, device=dev, fast_attention=fast_attention)
     if name not in ("full_ft", "samed"):
         raise ValueError(f"unknown configuration {name!r}; expected one of {', '.join(CONFIGS)}")
-    model = build_balr_sam(variant, num_classes=num_classes, img_size=img_size, device=dev, use_adapters=False, use_cden=False, use_lowrank_attention=False, fast_attention=fast_attention)
+    model = build_balr_sam(
+        variant,
+        num_classes=num_classes,
+        img_size=img_size,
+        device=dev,
+        use_adapters=False,
+        use_cden=False,
+        use_lowrank_attention=False,
+        fast_attention=fast_attention,
+    )
     if name == "full_ft":
         for p in model.parameters():
             p.requires_grad_(True)

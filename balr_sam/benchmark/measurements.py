@@ -92,7 +92,9 @@ class TrainingStep:
         torch.manual_seed(0)
         self.device = settings["device"]
         self.amp = settings["amp"]
-        self.model = build_config(name, settings["variant"], settings["img_size"], settings["num_classes"], self.device, settings["fast_attention"] == "all").train()
+        self.model = build_config(
+            name, settings["variant"], settings["img_size"], settings["num_classes"], self.device, settings["fast_attention"] == "all"
+        ).train()
         self.forward = torch.compile(self.model) if settings["compile"] else self.model
         self.trainable = parameter_report(self.model)["trainable"]
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
@@ -137,7 +139,12 @@ def child_train_memory(name: str, settings: Settings) -> Dict[str, Any]:
     for _ in range(settings["memory_steps"]):
         step()
     peak = torch.cuda.max_memory_allocated() if cuda else _rss_bytes()
-    return {"config": name, "peak_bytes": int(peak), "before_training_bytes": int(before), "kind": "cuda max_memory_allocated" if cuda else "peak RSS of the child process"}
+    return {
+        "config": name,
+        "peak_bytes": int(peak),
+        "before_training_bytes": int(before),
+        "kind": "cuda max_memory_allocated" if cuda else "peak RSS of the child process",
+    }
 
 
 def memory_in_child(name: str, settings: Settings) -> Dict[str, Any]:
@@ -168,7 +175,9 @@ def measure_training(settings: Settings, log: Log) -> Dict[str, Any]:
             if i >= settings["warmup"]:
                 times[name].append(t)
         log(f"training step {i + 1}/{rounds}")
-    result = {name: {"trainable_parameters": steps[name].trainable, "step_seconds": median(times[name]), "step_seconds_all": times[name]} for name in TRAIN_CONFIGS}
+    result = {
+        name: {"trainable_parameters": steps[name].trainable, "step_seconds": median(times[name]), "step_seconds_all": times[name]} for name in TRAIN_CONFIGS
+    }
     del steps
     gc.collect()
     return result
@@ -186,9 +195,23 @@ def measure_decoder_memory(settings: Settings) -> Dict[str, Any]:
     batch, meta = settings["batch"], torch.device("meta")
     model = build_balr_sam(settings["variant"], num_classes=settings["num_classes"], img_size=settings["img_size"], encoder_device=meta)
     comparison = decoder_memory_comparison(model, batch=batch)
-    baseline = build_balr_sam(settings["variant"], num_classes=settings["num_classes"], img_size=settings["img_size"], encoder_device=meta, use_adapters=False, use_cden=False, use_lowrank_attention=False)
+    baseline = build_balr_sam(
+        settings["variant"],
+        num_classes=settings["num_classes"],
+        img_size=settings["img_size"],
+        encoder_device=meta,
+        use_adapters=False,
+        use_cden=False,
+        use_lowrank_attention=False,
+    )
     baseline_bytes = decoder_attention_memory(baseline, batch).saved_bytes
-    return {"sam": comparison["sam"]["saved_bytes"], "comparison": comparison, "full_ft": baseline_bytes, "samed": baseline_bytes, "balr_sam": comparison["balr_sam"]["saved_bytes"]}
+    return {
+        "sam": comparison["sam"]["saved_bytes"],
+        "comparison": comparison,
+        "full_ft": baseline_bytes,
+        "samed": baseline_bytes,
+        "balr_sam": comparison["balr_sam"]["saved_bytes"],
+    }
 
 
 def measure_inference(settings: Settings, log: Log) -> Dict[str, Any]:
@@ -243,7 +266,9 @@ def measure_encoder_flops(settings: Settings) -> Dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     device = settings["device"]
-    model = inference_form(build_config("balr_sam", settings["variant"], settings["img_size"], settings["num_classes"], device, settings["fast_attention"] != "off"))
+    model = inference_form(
+        build_config("balr_sam", settings["variant"], settings["img_size"], settings["num_classes"], device, settings["fast_attention"] != "off")
+    )
     x = torch.rand(settings["infer_batch"], 3, settings["img_size"], settings["img_size"]).to(device)
     with torch.inference_mode():
         counter = FlopCounterMode(display=False)

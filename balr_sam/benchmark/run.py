@@ -156,7 +156,11 @@ def run_benchmark(
         "volume_seconds": {n: volume[n]["seconds"] for n in TRAIN_CONFIGS},
     }
     ratios = {
-        metric: {"vs_full_ft": ratio(v.get("balr_sam"), v.get("full_ft")), "vs_samed": ratio(v.get("balr_sam"), v.get("samed")), "vs_sam": ratio(v.get("balr_sam"), v.get("sam"))}
+        metric: {
+            "vs_full_ft": ratio(v.get("balr_sam"), v.get("full_ft")),
+            "vs_samed": ratio(v.get("balr_sam"), v.get("samed")),
+            "vs_sam": ratio(v.get("balr_sam"), v.get("sam")),
+        }
         for metric, v in figures.items()
     }
     for metric in _BALR_ONLY_THROUGHPUT:
@@ -203,10 +207,24 @@ def run_from_args(args: argparse.Namespace) -> int:
         0.
     """
     result = run_benchmark(
-        device=args.device, variant=args.variant, img_size=args.img_size, batch=args.batch, num_classes=args.num_classes,
-        warmup=args.warmup, steps=args.steps, infer_iters=args.infer_iters, infer_batch=args.infer_batch,
-        volume_shape=args.volume_shape, volume_repeats=args.volume_repeats, batch_cases=args.batch_cases, memory_steps=args.memory_steps,
-        amp=args.amp, fast_attention=args.fast_attention, compile=args.compile, peak_tflops=args.peak_tflops, threads=args.threads,
+        device=args.device,
+        variant=args.variant,
+        img_size=args.img_size,
+        batch=args.batch,
+        num_classes=args.num_classes,
+        warmup=args.warmup,
+        steps=args.steps,
+        infer_iters=args.infer_iters,
+        infer_batch=args.infer_batch,
+        volume_shape=args.volume_shape,
+        volume_repeats=args.volume_repeats,
+        batch_cases=args.batch_cases,
+        memory_steps=args.memory_steps,
+        amp=args.amp,
+        fast_attention=args.fast_attention,
+        compile=args.compile,
+        peak_tflops=args.peak_tflops,
+        threads=args.threads,
     )
     text = json.dumps(result, indent=2)
     if args.json_file == "-":

@@ -44,7 +44,8 @@ def _row_names(settings: Dict[str, Any]) -> Dict[str, str]:
         "inference_slices_per_second_unmerged": "inference throughput, BALR-SAM adapters unmerged",
         "inference_slices_per_second_merged_sam_attention": "inference throughput, BALR-SAM merged, SAM attention",
         "inference_slices_per_second_merged_sdpa": "inference throughput, BALR-SAM merged, SDPA attention",
-        "volume_seconds": f"one {'x'.join(map(str, s['volume_shape']))} CT volume end to end (`balr-sam infer`'s segmenter" + (")" if full else ", smaller than 512x512x150)"),
+        "volume_seconds": f"one {'x'.join(map(str, s['volume_shape']))} CT volume end to end (`balr-sam infer`'s segmenter"
+        + (")" if full else ", smaller than 512x512x150)"),
     }
 
 
@@ -74,7 +75,8 @@ def format_table(result: Dict[str, Any]) -> str:
         "| pass | SAM attention | SDPA attention | SDPA / SAM |",
         "|---|---:|---:|---:|",
         f"| inference forward | {_fmt('seconds', k['infer_sam'])} | {_fmt('seconds', k['infer_sdpa'])} | {_fr(ratio(k['infer_sdpa'], k['infer_sam']))} |",
-        f"| training forward + backward | {_fmt('seconds', k['train_sam'])} | {_fmt('seconds', k['train_sdpa'])} | {_fr(ratio(k['train_sdpa'], k['train_sam']))} |",
+        f"| training forward + backward | {_fmt('seconds', k['train_sam'])} | {_fmt('seconds', k['train_sdpa'])} "
+        f"| {_fr(ratio(k['train_sdpa'], k['train_sam']))} |",
     ]
     f = result["encoder_flops"]
     if f.get("fraction_of_peak") is not None:
@@ -83,7 +85,8 @@ def format_table(result: Dict[str, Any]) -> str:
         peak = "device peak: n/a (CPU)" if not s["device"].startswith("cuda") else "device peak unknown (--peak-tflops)"
     lines += [
         "",
-        f"Encoder: {f['flops_per_forward'] / 1e9:,.1f} GFLOP per forward (batch {s['infer_batch']}), achieved {f['achieved_tflops'] * 1000:,.1f} GFLOP/s ({peak}).",
+        f"Encoder: {f['flops_per_forward'] / 1e9:,.1f} GFLOP per forward (batch {s['infer_batch']}), "
+        f"achieved {f['achieved_tflops'] * 1000:,.1f} GFLOP/s ({peak}).",
         f"Dice + HD95, 8 organs, one {'x'.join(map(str, result['metrics']['shape']))} volume: {_fmt('seconds', result['metrics']['seconds'])}.",
     ]
     b = result["batch_inference"]

@@ -40,7 +40,9 @@ def throughput_target(cuda: bool) -> float:
     return 3.0 if cuda else 0.9
 
 
-def check_targets(figures: Mapping[str, Mapping[str, Any]], ratios: Mapping[str, Mapping[str, Optional[float]]], metrics_seconds: float, settings: Mapping[str, Any]) -> List[Dict[str, Any]]:
+def check_targets(
+    figures: Mapping[str, Mapping[str, Any]], ratios: Mapping[str, Mapping[str, Optional[float]]], metrics_seconds: float, settings: Mapping[str, Any]
+) -> List[Dict[str, Any]]:
     """Each target of :data:`TARGETS` with its value from this run and its status.
 
     Args:

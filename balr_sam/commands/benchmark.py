@@ -25,13 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per configuration (default 5)")
     parser.add_argument("--infer-iters", type=int, default=5, help="timed inference batches per configuration (default 5)")
     parser.add_argument("--infer-batch", type=int, default=None, help="inference batch and volume slab (default: --batch)")
-    parser.add_argument("--volume-shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"), help="end-to-end CT volume (default 512 512 150 on CUDA, 256 256 20 on CPU)")
+    parser.add_argument(
+        "--volume-shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"), help="end-to-end CT volume (default 512 512 150 on CUDA, 256 256 20 on CPU)"
+    )
     parser.add_argument("--volume-repeats", type=int, default=1)
     parser.add_argument("--batch-cases", type=int, default=3, help="volumes in the batch-inference measurement (read-ahead vs sequential)")
     parser.add_argument("--memory-steps", type=int, default=2, help="training steps in each memory child (default 2)")
     parser.add_argument("--amp", dest="amp", action="store_true", default=None, help="bf16 autocast (default on CUDA)")
     parser.add_argument("--no-amp", dest="amp", action="store_false")
-    parser.add_argument("--fast-attention", default="infer", choices=("off", "infer", "all"), help="SDPA encoder attention: off, for BALR-SAM inference (default), or also for training")
+    parser.add_argument(
+        "--fast-attention",
+        default="infer",
+        choices=("off", "infer", "all"),
+        help="SDPA encoder attention: off, for BALR-SAM inference (default), or also for training",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for the FLOP/s fraction (default: known GPUs)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

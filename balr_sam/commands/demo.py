@@ -35,14 +35,22 @@ def _say(msg: str) -> None:
     print(f"[balr-sam demo] {msg}", flush=True)
 
 
-def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int = 10, seed: int = 0, overwrite: bool = False, extra_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def run_demo(
+    output: Path,
+    cases: int = 24,
+    epochs: int = 50,
+    val_interval: int = 10,
+    seed: int = 0,
+    overwrite: bool = False,
+    extra_overrides: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     """Run the demo; returns the evaluation summary plus the paths written."""
     from monai.bundle import run as bundle_run
 
     from balr_sam.data.datalist import load_datalist
     from balr_sam.data.prepare import prepare_synapse
-    from balr_sam.evaluation import write_evaluation_report
     from balr_sam.data.synthetic import generate_ct_dataset
+    from balr_sam.evaluation import write_evaluation_report
     from balr_sam.inference import BundlePredictor, find_inputs, run_batch_inference
     from balr_sam.networks.variants import build_sam
 
@@ -68,9 +76,18 @@ def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int 
 
     _say(f"4/6 training BALR-SAM through the bundle ({epochs} epochs) into {run_dir}")
     configs = [str(bundle / "configs" / "train.json"), str(bundle / "configs" / "demo.json")]
-    overrides = {"dataset_dir": str(datalist), "bundle_root": str(run_dir), "sam_checkpoint": str(sam_ckpt), "max_epochs": epochs, "val_interval": val_interval, "seed": seed}
+    overrides = {
+        "dataset_dir": str(datalist),
+        "bundle_root": str(run_dir),
+        "sam_checkpoint": str(sam_ckpt),
+        "max_epochs": epochs,
+        "val_interval": val_interval,
+        "seed": seed,
+    }
     overrides.update(extra_overrides or {})
-    bundle_run("training", config_file=configs, logging_file=str(bundle / "configs" / "logging.conf"), meta_file=str(bundle / "configs" / "metadata.json"), **overrides)
+    bundle_run(
+        "training", config_file=configs, logging_file=str(bundle / "configs" / "logging.conf"), meta_file=str(bundle / "configs" / "metadata.json"), **overrides
+    )
     model = run_dir / "models" / "model.pt"
 
     test_items = load_datalist(datalist, "test")
@@ -88,7 +105,9 @@ def run_demo(output: Path, cases: int = 24, epochs: int = 50, val_interval: int 
 
     evaluation = output / "evaluation"
     _say(f"6/6 evaluating the predictions against the phantoms' labels -> {evaluation}")
-    summary = write_evaluation_report(datalist, "test", predictions, evaluation, pred_name="{case}.nii.gz", method_name=f"BALR-SAM {DEMO_VARIANT} (synthetic demo)")
+    summary = write_evaluation_report(
+        datalist, "test", predictions, evaluation, pred_name="{case}.nii.gz", method_name=f"BALR-SAM {DEMO_VARIANT} (synthetic demo)"
+    )
     minutes = (time.time() - start) / 60
     print((evaluation / "summary.md").read_text())
     paths = {

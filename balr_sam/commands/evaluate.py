@@ -45,30 +45,30 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     parser.add_argument("--image", metavar="DIR", default=None, help="optional folder of images for the overlays (with --label)")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the reports")
     parser.add_argument(
-        "--labels", default=None, choices=available_label_sets(),
+        "--labels",
+        default=None,
+        choices=available_label_sets(),
         help="label set (default: synapse with --label; the datalist's with --datalist, where it picks a 2D task's protocol)",
     )
     parser.add_argument(
-        "--label-map", default=None, metavar="MAP",
+        "--label-map",
+        default=None,
+        metavar="MAP",
         help="numbering of the ground truth, with --label: identity, btcv or totalseg (default: identity)",
     )
+    parser.add_argument("--pred-label-map", default=None, metavar="MAP", help="numbering of the predictions, with --label (default: identity)")
     parser.add_argument(
-        "--pred-label-map", default=None, metavar="MAP", help="numbering of the predictions, with --label (default: identity)"
-    )
-    parser.add_argument(
-        "--protocol", default=None, choices=PROTOCOLS + tuple(sorted(PROTOCOLS_2D)),
+        "--protocol",
+        default=None,
+        choices=PROTOCOLS + tuple(sorted(PROTOCOLS_2D)),
         help="empty-case rules of label maps: transunet (SAMed/TransUNet, headline HD95 in voxels; the default) or "
         "clinical (undefined values are NaN and counted, headline HD95 in mm); for a 2D datalist: isic2017 or "
         "pranet (default: from the label set)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--name", default=None, help="Method name in the Markdown table (default: --pred folder name)")
-    parser.add_argument(
-        "--overlays", type=int, default=2, metavar="N", help="draw the N worst and N best cases (default: 2; 0: none)"
-    )
-    parser.add_argument(
-        "--distance", default="auto", choices=DISTANCE_METHODS, help="surface-distance algorithm (all exact; default: auto)"
-    )
+    parser.add_argument("--overlays", type=int, default=2, metavar="N", help="draw the N worst and N best cases (default: 2; 0: none)")
+    parser.add_argument("--distance", default="auto", choices=DISTANCE_METHODS, help="surface-distance algorithm (all exact; default: auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result in --output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run, parser=parser)
@@ -136,10 +136,7 @@ def _run_datalist(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if "num_images" in s:  # a 2D protocol
-        print(
-            f"{s['num_images']} image(s), protocol {s['protocol']}: Dice {_num(s['dice'], 100)} %, "
-            f"IoU {_num(s['iou'], 100)} %; reports in {args.output}"
-        )
+        print(f"{s['num_images']} image(s), protocol {s['protocol']}: Dice {_num(s['dice'], 100)} %, IoU {_num(s['iou'], 100)} %; reports in {args.output}")
     else:
         primary = s["primary_hd95"]
         print(

@@ -16,7 +16,16 @@ from typing import Any, List
 
 import torch
 
-from balr_sam.inference import BundlePredictor, InferenceItem, config_file, default_bundle_dir, find_inputs, rank_and_world_size, run_batch_inference, split_for_rank
+from balr_sam.inference import (
+    BundlePredictor,
+    InferenceItem,
+    config_file,
+    default_bundle_dir,
+    find_inputs,
+    rank_and_world_size,
+    run_batch_inference,
+    split_for_rank,
+)
 from balr_sam.inference.batch import DEFAULT_WAIT_FOR_LOCKS_S
 
 __all__ = ["register"]
@@ -44,8 +53,17 @@ def run(args: argparse.Namespace) -> int:
     rank, world = rank_and_world_size()
     mine = split_for_rank(items, rank, world)
     predictor = BundlePredictor(bundle, args.checkpoint, args.sam_checkpoint, tuple(config_file(c, bundle) for c in args.config), overrides)
-    report = run_batch_inference(mine, args.output, predictor, predictor.label_names, model_name=str(predictor.checkpoint), overwrite=args.overwrite,
-                                 progress=not args.no_progress and rank == 0, prefetch=_prefetch(args.prefetch, predictor.device), wait_for_locks=args.wait_for_locks)
+    report = run_batch_inference(
+        mine,
+        args.output,
+        predictor,
+        predictor.label_names,
+        model_name=str(predictor.checkpoint),
+        overwrite=args.overwrite,
+        progress=not args.no_progress and rank == 0,
+        prefetch=_prefetch(args.prefetch, predictor.device),
+        wait_for_locks=args.wait_for_locks,
+    )
     where = f" (rank {rank} of {world})" if world > 1 else ""
     print(f"balr-sam infer{where}: {report.summary()} -> {args.output}")
     for case, reason in report.failed:
@@ -66,17 +84,35 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("infer", help="segment a folder of CT volumes, DICOM series or 2D images", description=__doc__, epilog=_EXIT_STATUS)
     parser.add_argument("input", help="a volume, a DICOM series folder, a 2D image, or a folder of those")
     parser.add_argument("output", help="output folder (one <case>.nii.gz / <case>.png and <case>.json per case)")
-    parser.add_argument("--bundle", default=None, help="bundle folder (default: the repository's bundle/ in a source checkout, else the one installed with balr-sam)")
+    parser.add_argument(
+        "--bundle", default=None, help="bundle folder (default: the repository's bundle/ in a source checkout, else the one installed with balr-sam)"
+    )
     parser.add_argument("--checkpoint", default=None, help="trained weights (default: <bundle>/models/model.pt)")
     parser.add_argument("--sam-checkpoint", default=None, help="the SAM checkpoint the model was trained on")
-    parser.add_argument("--config", action="append", default=[], help="override config file merged after inference.json, a path or the name of a file in the bundle's configs/ (e.g. isic2017.json; repeatable)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="override config file merged after inference.json, a path or the name of a file in the bundle's configs/ (e.g. isic2017.json; repeatable)",
+    )
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the config's)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network (one-off compilation, then faster slices; pays off over many volumes)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (one-off compilation, then faster slices; pays off over many volumes)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
-                        help="read the next case while this one is segmented (auto: on CUDA only; on CPU the reading thread competes with the network for the cores)")
-    parser.add_argument("--wait-for-locks", type=_seconds, default=DEFAULT_WAIT_FOR_LOCKS_S, metavar="SECONDS",
-                        help=f"how long to wait for cases another process is writing (default {DEFAULT_WAIT_FOR_LOCKS_S:g}); "
-                             "those still locked then are reported and the exit status is 3")
+    parser.add_argument(
+        "--prefetch",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="read the next case while this one is segmented (auto: on CUDA only; on CPU the reading thread competes with the network for the cores)",
+    )
+    parser.add_argument(
+        "--wait-for-locks",
+        type=_seconds,
+        default=DEFAULT_WAIT_FOR_LOCKS_S,
+        metavar="SECONDS",
+        help=f"how long to wait for cases another process is writing (default {DEFAULT_WAIT_FOR_LOCKS_S:g}); "
+        "those still locked then are reported and the exit status is 3",
+    )
     parser.set_defaults(func=run)

@@ -48,8 +48,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="datalist JSON to write (paths relative to its folder)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--verify", action="store_true", help="read every file completely after preparing")
-    p.add_argument("--fail-fast", action="store_true",
-                   help="stop at the first bad case (default: leave it out, list it under 'failed', exit status 1)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first bad case (default: leave it out, list it under 'failed', exit status 1)")
 
 
 def _fractions(p: argparse.ArgumentParser, val: float, test: float) -> None:
@@ -61,8 +60,10 @@ def _fractions(p: argparse.ArgumentParser, val: float, test: float) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``prepare`` and its dataset sub-commands."""
     parser = subparsers.add_parser(
-        "prepare", help="write a MONAI datalist for a dataset folder",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        "prepare",
+        help="write a MONAI datalist for a dataset folder",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Examples::", 1)[1] if "Examples::" in __doc__ else None,
     )
     sub = parser.add_subparsers(dest="dataset", metavar="DATASET")
@@ -71,10 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synapse", help="Synapse/BTCV CT: raw img/ + label/, or TransUNet train_npz/ + test_vol_h5/")
     _common(p)
     p.add_argument("--layout", choices=("auto", "raw", "npz"), default="auto")
-    p.add_argument("--split", choices=("auto", "transunet", "fraction"), default="auto",
-                   help="raw layout: TransUNet's 18/12 split, a seeded fraction split, or auto (TransUNet when all 30 cases exist)")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help="validation fraction (default 0 with the TransUNet split, 0.2 with the fraction split)")
+    p.add_argument(
+        "--split",
+        choices=("auto", "transunet", "fraction"),
+        default="auto",
+        help="raw layout: TransUNet's 18/12 split, a seeded fraction split, or auto (TransUNet when all 30 cases exist)",
+    )
+    p.add_argument("--val-fraction", type=float, default=None, help="validation fraction (default 0 with the TransUNet split, 0.2 with the fraction split)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="test fraction of the fraction split (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--list-dir", type=Path, default=None, help="folder with TransUNet's train.txt / test_vol.txt")
@@ -109,8 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, default=None, help="folder of volumes (default SRC)")
     p.add_argument("--labels", type=Path, default=None, help="folder of labels, matched by name")
     p.add_argument("--label-suffix", default="", help="label name = image stem + suffix (e.g. _seg)")
-    p.add_argument("--image-name", action="append", default=[],
-                   help="case-folder mode: image file or DICOM folder name inside each case folder (repeatable)")
+    p.add_argument("--image-name", action="append", default=[], help="case-folder mode: image file or DICOM folder name inside each case folder (repeatable)")
     p.add_argument("--label-name", default=None, help="case-folder mode: label file name inside each case folder")
     p.add_argument("--label-set", default="synapse")
     p.add_argument("--label-map", default="identity", help="numbering of the label files: identity, btcv, totalseg")
@@ -132,28 +135,59 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     common = dict(output=args.output, overwrite=args.overwrite, skip_bad=not args.fail_fast)
     if args.dataset == "synapse":
-        datalist = prepare_synapse(args.src, layout=args.layout, split=args.split, val_fraction=args.val_fraction,
-                                   test_fraction=args.test_fraction, seed=args.seed, list_dir=args.list_dir, **common)
+        datalist = prepare_synapse(
+            args.src,
+            layout=args.layout,
+            split=args.split,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            list_dir=args.list_dir,
+            **common,
+        )
     elif args.dataset == "isic2017":
         datalist = prepare_isic2017(args.src, mask_threshold=args.mask_threshold, **common)
     elif args.dataset == "polyp":
-        datalist = prepare_polyp(args.src, val_fraction=args.val_fraction, seed=args.seed,
-                                 mask_threshold=args.mask_threshold, **common)
+        datalist = prepare_polyp(args.src, val_fraction=args.val_fraction, seed=args.seed, mask_threshold=args.mask_threshold, **common)
     elif args.dataset == "images2d":
-        datalist = prepare_images2d(args.src, images=args.images, masks=args.masks, mask_suffix=args.mask_suffix,
-                                    label_set=args.label_set, mask_threshold=args.mask_threshold,
-                                    val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-                                    modality=args.modality, name=args.name, **common)
+        datalist = prepare_images2d(
+            args.src,
+            images=args.images,
+            masks=args.masks,
+            mask_suffix=args.mask_suffix,
+            label_set=args.label_set,
+            mask_threshold=args.mask_threshold,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            modality=args.modality,
+            name=args.name,
+            **common,
+        )
     elif args.dataset == "nifti":
-        datalist = prepare_nifti(args.src, images=args.images, labels=args.labels, label_suffix=args.label_suffix,
-                                 image_names=args.image_name, label_name=args.label_name, label_set=args.label_set,
-                                 label_map=args.label_map, modality=args.modality, val_fraction=args.val_fraction,
-                                 test_fraction=args.test_fraction, seed=args.seed, name=args.name, **common)
+        datalist = prepare_nifti(
+            args.src,
+            images=args.images,
+            labels=args.labels,
+            label_suffix=args.label_suffix,
+            image_names=args.image_name,
+            label_name=args.label_name,
+            label_set=args.label_set,
+            label_map=args.label_map,
+            modality=args.modality,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            name=args.name,
+            **common,
+        )
     else:  # pragma: no cover - argparse restricts the choices
         raise DataError(f"{args.src}: unknown dataset {args.dataset!r}")
     print(f"wrote {args.output}: {datalist['name']}")
-    print(f"  training {datalist['numTraining']}, validation {datalist['numValidation']}, test {datalist['numTest']}"
-          f" (split: {datalist['split']}; labels: {datalist['label_map']} -> {datalist['label_set']})")
+    print(
+        f"  training {datalist['numTraining']}, validation {datalist['numValidation']}, test {datalist['numTest']}"
+        f" (split: {datalist['split']}; labels: {datalist['label_map']} -> {datalist['label_set']})"
+    )
     for key in ("unlabeled", "ignored"):
         if datalist.get(key):
             print(f"  {key}: {len(datalist[key])}")

@@ -21,7 +21,9 @@ from balr_sam.types import PathLike
 __all__ = ["register", "summarize", "format_summary"]
 
 
-def summarize(variant: str, img_size: Optional[int] = None, num_classes: int = 9, batch: int = 1, sam_checkpoint: Optional[PathLike] = None, **options: Any) -> Dict[str, Any]:
+def summarize(
+    variant: str, img_size: Optional[int] = None, num_classes: int = 9, batch: int = 1, sam_checkpoint: Optional[PathLike] = None, **options: Any
+) -> Dict[str, Any]:
     """Parameter report and decoder attention memory comparison for one configuration.
 
     ``img_size`` defaults to the input size of the base's pretrained weights (1024 for SAM's
@@ -85,8 +87,15 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: "argparse._SubParsersAction") -> None:
     parser = subparsers.add_parser("summary", help="parameter counts and decoder attention memory of a variant", description=__doc__)
     parser.add_argument("--variant", default="vit_b", choices=sorted(BASES), help="SAM base (default vit_b)")
-    parser.add_argument("--img-size", type=int, default=None, help="model input size (default: the base's pretrained size, 1024 for SAM's ViTs, 256 for lite_medsam)")
-    parser.add_argument("--sam-checkpoint", default=None, help="the base's weight file (SAM ViTs: Meta's checkpoint, checked against the variant; lite_medsam: a copy of lite_medsam.pth instead of the package's)")
+    parser.add_argument(
+        "--img-size", type=int, default=None, help="model input size (default: the base's pretrained size, 1024 for SAM's ViTs, 256 for lite_medsam)"
+    )
+    parser.add_argument(
+        "--sam-checkpoint",
+        default=None,
+        help="the base's weight file (SAM ViTs: Meta's checkpoint, checked against the variant; "
+        "lite_medsam: a copy of lite_medsam.pth instead of the package's)",
+    )
     parser.add_argument("--num-classes", type=int, default=BALRSAMConfig.num_classes, help="output classes incl. background (default 9, Synapse)")
     parser.add_argument("--batch", type=int, default=1, help="images per decoder pass for the memory count")
     parser.add_argument("--adapter-rank", type=int, default=None, help="override the adapter rank")

@@ -29,8 +29,10 @@ __all__ = ["register", "run"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``synth`` sub-command."""
     p = subparsers.add_parser(
-        "synth", help="write deterministic synthetic data (CT phantoms, ISIC-like, polyp-like)",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        "synth",
+        help="write deterministic synthetic data (CT phantoms, ISIC-like, polyp-like)",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Examples::", 1)[1],
     )
     p.add_argument("kind", choices=("ct", "isic", "polyp"))
@@ -48,18 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate, optionally prepare, print a summary."""
     if args.kind == "ct":
-        paths = generate_ct_dataset(args.outdir, cases=args.cases or 8, seed=args.seed, shape=tuple(args.shape),
-                                    overwrite=args.overwrite)
+        paths = generate_ct_dataset(args.outdir, cases=args.cases or 8, seed=args.seed, shape=tuple(args.shape), overwrite=args.overwrite)
     elif args.kind == "isic":
-        paths = generate_isic_dataset(args.outdir, cases=args.cases or 10, seed=args.seed,
-                                      size=tuple(args.size or (192, 256)), overwrite=args.overwrite)
+        paths = generate_isic_dataset(args.outdir, cases=args.cases or 10, seed=args.seed, size=tuple(args.size or (192, 256)), overwrite=args.overwrite)
     else:
-        paths = generate_polyp_dataset(args.outdir, cases=args.cases or 10, seed=args.seed, test_cases=args.test_cases,
-                                       size=tuple(args.size or (224, 256)), overwrite=args.overwrite)
+        paths = generate_polyp_dataset(
+            args.outdir, cases=args.cases or 10, seed=args.seed, test_cases=args.test_cases, size=tuple(args.size or (224, 256)), overwrite=args.overwrite
+        )
     print(f"wrote {len(paths)} synthetic {args.kind} cases to {args.outdir}")
     if args.datalist is not None:
         prepare = {"ct": prepare_synapse, "isic": prepare_isic2017, "polyp": prepare_polyp}[args.kind]
         datalist = prepare(args.outdir, output=args.datalist, overwrite=args.overwrite)
-        print(f"wrote {args.datalist}: training {datalist['numTraining']}, validation {datalist['numValidation']}, "
-              f"test {datalist['numTest']}")
+        print(f"wrote {args.datalist}: training {datalist['numTraining']}, validation {datalist['numValidation']}, test {datalist['numTest']}")
     return 0

@@ -276,9 +276,13 @@ def slices_as_volumes(items: Sequence[dict]) -> List[dict]:
     return out
 
 
-def verify_datalist(path: PathLike, splits: Sequence[str] = SPLITS, strict_labels: bool = True,
-                    progress: Optional[Callable[[int, int], None]] = None,
-                    failures: Optional[List[dict]] = None) -> int:
+def verify_datalist(
+    path: PathLike,
+    splits: Sequence[str] = SPLITS,
+    strict_labels: bool = True,
+    progress: Optional[Callable[[int, int], None]] = None,
+    failures: Optional[List[dict]] = None,
+) -> int:
     """Read every case of a datalist completely, as training/inference will, and validate it.
 
     Volumes: readable, 3D, finite, label on the image's grid, label values within the case's
@@ -316,17 +320,24 @@ def verify_datalist(path: PathLike, splits: Sequence[str] = SPLITS, strict_label
     for n, (split, index, item) in enumerate(todo):
         keys = [k for k in PATH_KEYS if k in item]
         if fmt == "volume":
-            ops = [LoadVolumed(keys=keys), AlignToReferenced(keys="label", allow_missing_keys=True),
-                   MapLabelsd(keys="label", label_set=label_set, strict=strict_labels, allow_missing_keys=True)]
+            ops = [
+                LoadVolumed(keys=keys),
+                AlignToReferenced(keys="label", allow_missing_keys=True),
+                MapLabelsd(keys="label", label_set=label_set, strict=strict_labels, allow_missing_keys=True),
+            ]
         elif fmt == "transunet":
             ndim = 2 if str(item["image"]).endswith(".npz") else 3
-            ops = [LoadArrayd(keys=keys, ndim=ndim), AlignToReferenced(keys="label", allow_missing_keys=True),
-                   MapLabelsd(keys="label", label_set=label_set, source="identity", strict=strict_labels,
-                              allow_missing_keys=True)]
+            ops = [
+                LoadArrayd(keys=keys, ndim=ndim),
+                AlignToReferenced(keys="label", allow_missing_keys=True),
+                MapLabelsd(keys="label", label_set=label_set, source="identity", strict=strict_labels, allow_missing_keys=True),
+            ]
         elif fmt == "image2d":
-            ops = [LoadImage2Dd(keys="image"), LoadMask2Dd(keys="label", threshold=data.get("mask_threshold", 127),
-                                                           allow_missing_keys=True),
-                   AlignToReferenced(keys="label", allow_missing_keys=True)]
+            ops = [
+                LoadImage2Dd(keys="image"),
+                LoadMask2Dd(keys="label", threshold=data.get("mask_threshold", 127), allow_missing_keys=True),
+                AlignToReferenced(keys="label", allow_missing_keys=True),
+            ]
         else:
             raise DataError(f"{path}: unknown datalist format {fmt!r}")
         d = dict(item)

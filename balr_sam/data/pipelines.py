@@ -70,12 +70,12 @@ def _orientation(keys) -> Orientationd:
     return Orientationd(keys=keys, axcodes=AXCODES, labels=None)
 
 
-def _augment_2d(keys: Sequence[str], modes: Sequence[str], rotate_range_deg: float, rotate_prob: float,
-                flip_prob: float, flip_axes: Sequence[int]) -> list:
+def _augment_2d(keys: Sequence[str], modes: Sequence[str], rotate_range_deg: float, rotate_prob: float, flip_prob: float, flip_axes: Sequence[int]) -> list:
     ops: list = []
     if rotate_prob > 0 and rotate_range_deg > 0:
-        ops.append(RandRotated(keys=keys, range_x=float(np.deg2rad(rotate_range_deg)), prob=rotate_prob,
-                               mode=list(modes), padding_mode="zeros", keep_size=True))
+        ops.append(
+            RandRotated(keys=keys, range_x=float(np.deg2rad(rotate_range_deg)), prob=rotate_prob, mode=list(modes), padding_mode="zeros", keep_size=True)
+        )
     for axis in flip_axes:
         if flip_prob > 0:
             ops.append(RandFlipd(keys=keys, prob=flip_prob, spatial_axis=int(axis)))
@@ -136,8 +136,7 @@ def ct_train_transforms(
             MapLabelsd(keys=label_key, label_set=label_set, strict=strict_labels),
             _orientation(keys),
             ScaleIntensityRanged(keys=image_key, a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True),
-            RandSampleSlicesd(keys=keys, label_key=label_key, num_samples=num_slices,
-                              foreground_fraction=foreground_fraction, class_balanced=class_balanced),
+            RandSampleSlicesd(keys=keys, label_key=label_key, num_samples=num_slices, foreground_fraction=foreground_fraction, class_balanced=class_balanced),
             Resized(keys=keys, spatial_size=(img_size, img_size), mode=("bilinear", "nearest")),
             *_augment_2d(keys, ("bilinear", "nearest"), rotate_range_deg, rotate_prob, flip_prob, flip_axes),
             RepeatChanneld(keys=image_key, repeats=3),
@@ -191,8 +190,10 @@ def ct_inference_preprocessing(
         if label_key:
             ops.append(LoadVolumed(keys=label_key, dtype=np.float32, allow_missing_keys=True))
     if label_key:
-        ops += [AlignToReferenced(keys=label_key, ref_key=image_key, allow_missing_keys=True),
-                MapLabelsd(keys=label_key, label_set=label_set, strict=strict_labels, allow_missing_keys=True)]
+        ops += [
+            AlignToReferenced(keys=label_key, ref_key=image_key, allow_missing_keys=True),
+            MapLabelsd(keys=label_key, label_set=label_set, strict=strict_labels, allow_missing_keys=True),
+        ]
     ops += [
         _orientation(image_key),
         ScaleIntensityRanged(keys=image_key, a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True),
@@ -339,8 +340,7 @@ def synapse_h5_preprocessing(
         ops += [
             LoadArrayd(keys=label_key, array_keys=["label"], ndim=3, allow_missing_keys=True),
             AlignToReferenced(keys=label_key, ref_key=image_key, allow_missing_keys=True),
-            MapLabelsd(keys=label_key, label_set=label_set, source="identity", strict=strict_labels,
-                       allow_missing_keys=True),
+            MapLabelsd(keys=label_key, label_set=label_set, source="identity", strict=strict_labels, allow_missing_keys=True),
         ]
     ops.append(Resized(keys=image_key, spatial_size=(img_size, img_size, -1), mode="bilinear"))
     if channels != 1:
@@ -348,8 +348,7 @@ def synapse_h5_preprocessing(
     return Compose(ops)
 
 
-def transforms_for_datalist(datalist: Mapping, split: str, img_size: int = 512, *, num_slices: Optional[int] = None,
-                            **kwargs) -> Compose:
+def transforms_for_datalist(datalist: Mapping, split: str, img_size: int = 512, *, num_slices: Optional[int] = None, **kwargs) -> Compose:
     """Pick the pipeline that fits a prepared datalist's ``format`` and a split.
 
     ``format`` ``"volume"`` (NIfTI/DICOM CT): :func:`ct_train_transforms` for ``training``,

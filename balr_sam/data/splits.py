@@ -73,7 +73,7 @@ def fraction_split(ids: Sequence[T], val_fraction: float, test_fraction: float, 
             else:
                 n_test -= 1
     return {
-        "training": sorted(order[n_test + n_val:]),
-        "validation": sorted(order[n_test:n_test + n_val]),
+        "training": sorted(order[n_test + n_val :]),
+        "validation": sorted(order[n_test : n_test + n_val]),
         "test": sorted(order[:n_test]),
     }

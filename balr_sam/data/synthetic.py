@@ -39,7 +39,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -269,16 +269,24 @@ def generate_ct_dataset(
         affine, _ = _case_geometry(rng, shape, codes)
         image, new_affine = _reorient(image, affine, codes)
         label, _ = _reorient(label, affine, codes)
-        for arr, path, dtype in ((image, out / "img" / f"img{case:04d}.nii.gz", np.int16),
-                                 (label, out / "label" / f"label{case:04d}.nii.gz", np.uint8)):
+        for arr, path, dtype in ((image, out / "img" / f"img{case:04d}.nii.gz", np.int16), (label, out / "label" / f"label{case:04d}.nii.gz", np.uint8)):
             nimg = nib.Nifti1Image(arr.astype(dtype), new_affine)
             nimg.header.set_xyzt_units("mm", "sec")
             nimg.set_qform(new_affine, code=1)
             nimg.set_sform(new_affine, code=1)
             nib.save(nimg, str(path))
         paths.append(out / "img" / f"img{case:04d}.nii.gz")
-    _write_marker(out, {"kind": "ct", "cases": cases, "seed": seed, "shape": [int(s) for s in shape],
-                        "orientations": list(orientations), "layout": "synapse raw (BTCV numbering)"})
+    _write_marker(
+        out,
+        {
+            "kind": "ct",
+            "cases": cases,
+            "seed": seed,
+            "shape": [int(s) for s in shape],
+            "orientations": list(orientations),
+            "layout": "synapse raw (BTCV numbering)",
+        },
+    )
     return paths
 
 
@@ -347,8 +355,10 @@ def make_isic_image(rng: np.random.Generator, size: Sequence[int] = (192, 256)) 
     for _ in range(int(rng.integers(0, 4))):  # hairs (not part of the lesion mask)
         pts = [(float(rng.uniform(0, w)), float(rng.uniform(0, h))) for _ in range(3)]
         curve = [
-            ((1 - t_) ** 2 * pts[0][0] + 2 * (1 - t_) * t_ * pts[1][0] + t_ ** 2 * pts[2][0],
-             (1 - t_) ** 2 * pts[0][1] + 2 * (1 - t_) * t_ * pts[1][1] + t_ ** 2 * pts[2][1])
+            (
+                (1 - t_) ** 2 * pts[0][0] + 2 * (1 - t_) * t_ * pts[1][0] + t_**2 * pts[2][0],
+                (1 - t_) ** 2 * pts[0][1] + 2 * (1 - t_) * t_ * pts[1][1] + t_**2 * pts[2][1],
+            )
             for t_ in np.linspace(0, 1, 24)
         ]
         draw.line(curve, fill=(40, 28, 22), width=int(rng.integers(1, 3)))
@@ -379,7 +389,7 @@ def make_polyp_image(rng: np.random.Generator, size: Sequence[int] = (224, 256))
     radius = min(h, w) * rng.uniform(0.1, 0.25)
     rr = _irregular_blob(h, w, cy, cx, radius * rng.uniform(0.85, 1.15), radius * rng.uniform(0.85, 1.15), rng, amp=0.12, kmax=4)
     mask = rr < 1.0
-    height = np.sqrt(np.clip(1 - rr ** 2, 0, 1))  # dome
+    height = np.sqrt(np.clip(1 - rr**2, 0, 1))  # dome
     gy, gx = np.gradient(height)
     shade = np.clip(0.75 + 0.35 * height - 6.0 * (gx * 0.6 + gy * 0.8), 0.4, 1.3)
     polyp_col = np.array([222, 132, 118], dtype=np.float64) + rng.normal(0, 8, 3)
@@ -455,8 +465,7 @@ def generate_isic_dataset(
             sp_rgb = np.stack([sp & 255, (sp >> 8) & 255, np.zeros_like(sp)], axis=-1).astype(np.uint8)
             Image.fromarray(sp_rgb).save(str(data_dir / f"{name}_superpixels.png"))
             paths.append(data_dir / f"{name}.jpg")
-    _write_marker(out, {"kind": "isic", "cases": cases, "seed": seed, "size": [int(s) for s in size],
-                        "layout": "ISIC 2017 Part 1"})
+    _write_marker(out, {"kind": "isic", "cases": cases, "seed": seed, "size": [int(s) for s in size], "layout": "ISIC 2017 Part 1"})
     return paths
 
 
@@ -500,6 +509,8 @@ def generate_polyp_dataset(
         img, mask = make_polyp_image(rng, size)
         _save_pair(img, mask, folder / "images" / f"{k}.png", folder / "masks" / f"{k}.png")
         paths.append(folder / "images" / f"{k}.png")
-    _write_marker(out, {"kind": "polyp", "cases": cases, "test_cases": test_cases, "seed": seed,
-                        "size": [int(s) for s in size], "layout": "PraNet TrainDataset/TestDataset"})
+    _write_marker(
+        out,
+        {"kind": "polyp", "cases": cases, "test_cases": test_cases, "seed": seed, "size": [int(s) for s in size], "layout": "PraNet TrainDataset/TestDataset"},
+    )
     return paths

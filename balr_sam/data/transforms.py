@@ -46,6 +46,7 @@ __all__ = [
     "find_data_error",
 ]
 
+
 def find_data_error(exc: BaseException) -> Optional[DataError]:
     """Return the :class:`DataError` in ``exc``'s cause/context chain (MONAI's ``Compose`` wraps
     transform errors in ``RuntimeError``), or ``None``."""
@@ -220,8 +221,9 @@ class LoadArrayd(MapTransform):
             value = d[key]
             if isinstance(value, (list, tuple)):
                 if self.ndim not in (None, 3):
-                    raise DataError(f"{value[0] if value else key}: expected a {self.ndim}D array in {name!r}, "
-                                    f"got a list of {len(value)} slice files (a volume)")
+                    raise DataError(
+                        f"{value[0] if value else key}: expected a {self.ndim}D array in {name!r}, got a list of {len(value)} slice files (a volume)"
+                    )
                 arr = read_slices(value, name).astype(self.dtype)
                 path = str(value[0])
             else:
@@ -272,8 +274,13 @@ class AlignToReferenced(MapTransform):
                 continue
             arr = _as_numpy(img)
             aligned = align_to_reference(
-                arr, _as_numpy(img.affine), ref_shape, _as_numpy(ref.affine),
-                path=path, ref_path=ref_path, tolerance=self.tolerance,
+                arr,
+                _as_numpy(img.affine),
+                ref_shape,
+                _as_numpy(ref.affine),
+                path=path,
+                ref_path=ref_path,
+                tolerance=self.tolerance,
             )
             if aligned is arr:  # already in the image's voxel order
                 continue
@@ -320,10 +327,7 @@ def check_label_values(label: np.ndarray, label_set: str, source: str, path: str
         values = np.unique(arr[outside])
         shown = [int(v) if abs(float(v)) < 2**31 else float(f"{float(v):.6g}") for v in values[:10]]
         shown += ["..."] if values.size > 10 else []
-        raise DataError(
-            f"{path}: label values {shown} are outside the {source!r} label map of {label_set!r} "
-            f"(valid values 0..{limit})"
-        )
+        raise DataError(f"{path}: label values {shown} are outside the {source!r} label map of {label_set!r} (valid values 0..{limit})")
     return arr.astype(np.int64, copy=False)
 
 
@@ -375,8 +379,7 @@ class MapLabelsd(MapTransform):
             img = d[key]
             path = _meta_path(img, str(key))
             if source not in lut_set.maps:
-                raise DataError(f"{path}: unknown label map {source!r} for label set {self.label_set!r}; "
-                                f"known: {sorted(lut_set.maps)}")
+                raise DataError(f"{path}: unknown label map {source!r} for label set {self.label_set!r}; known: {sorted(lut_set.maps)}")
             arr = _as_numpy(img)
             if self.strict:
                 ints = check_label_values(arr, self.label_set, source, path)

@@ -153,7 +153,9 @@ class ReplayedEpoch:
             try:
                 next(iterator)
             except StopIteration:
-                raise RuntimeError(f"cannot resume in the middle of the epoch: the data has {done} batches, the checkpoint was written after {self.skip}") from None
+                raise RuntimeError(
+                    f"cannot resume in the middle of the epoch: the data has {done} batches, the checkpoint was written after {self.skip}"
+                ) from None
         logger.info("replayed the %d batches of this epoch trained on before the checkpoint", self.skip)
         self.then()
         return iterator

@@ -108,7 +108,15 @@ class AtomicCheckpointSaver:
         prefix: file name prefix.
     """
 
-    def __init__(self, save_dir: Union[str, Path], save_dict: Mapping[str, Any], epoch_interval: int = 1, iteration_interval: int = 0, n_saved: int = 1, prefix: str = "train") -> None:
+    def __init__(
+        self,
+        save_dir: Union[str, Path],
+        save_dict: Mapping[str, Any],
+        epoch_interval: int = 1,
+        iteration_interval: int = 0,
+        n_saved: int = 1,
+        prefix: str = "train",
+    ) -> None:
         if epoch_interval < 0 or iteration_interval < 0:
             raise ValueError(f"checkpoint intervals must be >= 0, got epoch_interval={epoch_interval}, iteration_interval={iteration_interval}")
         self.save_dir = Path(save_dir)
@@ -189,7 +197,9 @@ class ResumeFromCheckpoint:
         prefix: the saver's file name prefix.
     """
 
-    def __init__(self, save_dir: Union[str, Path], load_dict: Mapping[str, Any], enabled: bool = True, map_location: Any = "cpu", prefix: str = "train") -> None:
+    def __init__(
+        self, save_dir: Union[str, Path], load_dict: Mapping[str, Any], enabled: bool = True, map_location: Any = "cpu", prefix: str = "train"
+    ) -> None:
         self.save_dir = Path(save_dir)
         self.load_dict = dict(load_dict)
         self.enabled = enabled
@@ -219,11 +229,23 @@ class ResumeFromCheckpoint:
         data = engine.state.dataloader
         if done and data is not None:
             if hasattr(data, "__len__") and len(data) != epoch_length:
-                logger.warning("%s: written with %d iterations per epoch, the data now gives %d; the resumed epoch will not match the interrupted one", path, epoch_length, len(data))
+                logger.warning(
+                    "%s: written with %d iterations per epoch, the data now gives %d; the resumed epoch will not match the interrupted one",
+                    path,
+                    epoch_length,
+                    len(data),
+                )
             states = checkpoint.get("random_states")
             restore = (lambda: RandomStates().load_state_dict(states)) if states is not None else (lambda: None)
             engine.state.dataloader = ReplayedEpoch(engine, data, done, restore)
-        logger.info("resumed from %s at epoch %d, iteration %d (%d iterations into epoch %d)", path, engine.state.epoch, engine.state.iteration, done, engine.state.epoch + 1)
+        logger.info(
+            "resumed from %s at epoch %d, iteration %d (%d iterations into epoch %d)",
+            path,
+            engine.state.epoch,
+            engine.state.iteration,
+            done,
+            engine.state.epoch + 1,
+        )
 
 
 class SaveBestModel:
@@ -404,8 +426,7 @@ class StopOnNonFiniteLoss:
             where = f"at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
             what = f"the loss is {value} {where}" if not finite else f"the loss is not finite on another process {where}"
             raise NonFiniteLossError(
-                f"training stopped: {what}; the last checkpoint, written before this iteration, is intact "
-                "(lower the learning rate or check the data)"
+                f"training stopped: {what}; the last checkpoint, written before this iteration, is intact (lower the learning rate or check the data)"
             )
 
 

@@ -190,9 +190,7 @@ class SegmentationMetrics(_IgniteMetric):  # type: ignore[misc,valid-type]
 
     def aggregate(self, protocol: Optional[str] = None) -> Dict[str, Any]:
         """Summary of all accumulated cases (:func:`balr_sam.metrics.summarize_metrics`) under ``protocol``."""
-        return summarize_metrics(
-            self._gathered(), self.classes, protocol or self.protocol, class_names=self.class_names
-        )
+        return summarize_metrics(self._gathered(), self.classes, protocol or self.protocol, class_names=self.class_names)
 
     def get_buffer(self) -> torch.Tensor:
         """The accumulated ``N x K x 6`` raw rows (:data:`~balr_sam.metrics.RAW_COLUMNS`)."""
@@ -252,8 +250,9 @@ class BinaryProtocolMetrics(_IgniteMetric):  # type: ignore[misc,valid-type]
         device: where the counts live.
     """
 
-    def __init__(self, protocol: str = "pranet", threshold: float = 0.5, output_transform: Callable = lambda x: x,
-                 device: Union[str, torch.device] = "cpu") -> None:
+    def __init__(
+        self, protocol: str = "pranet", threshold: float = 0.5, output_transform: Callable = lambda x: x, device: Union[str, torch.device] = "cpu"
+    ) -> None:
         if protocol not in PROTOCOLS_2D:
             raise ValueError(f"unknown 2D protocol {protocol!r}; choose one of {sorted(PROTOCOLS_2D)}")
         self.protocol = protocol

@@ -88,8 +88,16 @@ def write_evaluation_report(
         names = tuple(pred_name)
     if two_d:
         return evaluate_2d_predictions(
-            datalist, split, prediction_dir, output_dir, protocol=protocol if protocol in PROTOCOLS_2D else None,
-            label_set=label_set, pred_names=names, method_name=method_name, num_overlays=num_overlays, overwrite=overwrite,
+            datalist,
+            split,
+            prediction_dir,
+            output_dir,
+            protocol=protocol if protocol in PROTOCOLS_2D else None,
+            label_set=label_set,
+            pred_names=names,
+            method_name=method_name,
+            num_overlays=num_overlays,
+            overwrite=overwrite,
         )
     items = load_datalist(datalist, split)
     pairs: List[Pair] = []
@@ -107,10 +115,19 @@ def write_evaluation_report(
     if len(label_maps) > 1:
         raise DataError(f"{datalist}: split {split!r} mixes label numberings {sorted(label_maps)}")
     result = evaluate_pairs(
-        pairs, output_dir, image_index=images, problems=problems, label_set=info.get("label_set", "synapse"),
-        label_map=label_maps.pop() if label_maps else "identity", protocol=protocol or "transunet",
-        device=device, method_name=method_name, num_overlays=num_overlays, overwrite=overwrite,
-        distance_method=distance_method, progress=progress,
+        pairs,
+        output_dir,
+        image_index=images,
+        problems=problems,
+        label_set=info.get("label_set", "synapse"),
+        label_map=label_maps.pop() if label_maps else "identity",
+        protocol=protocol or "transunet",
+        device=device,
+        method_name=method_name,
+        num_overlays=num_overlays,
+        overwrite=overwrite,
+        distance_method=distance_method,
+        progress=progress,
         sources={"datalist": str(datalist), "split": split, "pred_dir": str(prediction_dir)},
     )
     return result.summary

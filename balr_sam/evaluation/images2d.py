@@ -78,8 +78,10 @@ def _read_pair(pred_path: Path, item: Dict[str, Any], mask_threshold: float) -> 
     gt = read_mask_2d(item["label"], threshold=mask_threshold)
     pred = read_prediction_2d(pred_path)
     if pred.shape != gt.shape:
-        raise DataError(f"{pred_path}: prediction is {pred.shape[0]}x{pred.shape[1]} (HxW) but the ground truth "
-                        f"{item['label']} is {gt.shape[0]}x{gt.shape[1]}; predictions must have the image's original size")
+        raise DataError(
+            f"{pred_path}: prediction is {pred.shape[0]}x{pred.shape[1]} (HxW) but the ground truth "
+            f"{item['label']} is {gt.shape[0]}x{gt.shape[1]}; predictions must have the image's original size"
+        )
     return pred, gt
 
 
@@ -98,8 +100,7 @@ def _per_image(cases: Sequence[Dict[str, Any]]) -> Dict[str, float]:
     return {"dice": float(np.mean([c["dice"] for c in cases])), "iou": float(np.mean([c["iou"] for c in cases]))}
 
 
-def _draw_overlays_2d(output_dir: Path, cases: Sequence[Dict[str, Any]], label_set: str, num_overlays: int,
-                      threshold: float, mask_threshold: float) -> None:
+def _draw_overlays_2d(output_dir: Path, cases: Sequence[Dict[str, Any]], label_set: str, num_overlays: int, threshold: float, mask_threshold: float) -> None:
     """Image / ground truth / prediction of the worst and best images by Dice."""
     if num_overlays <= 0 or not cases:
         return
@@ -114,8 +115,14 @@ def _draw_overlays_2d(output_dir: Path, cases: Sequence[Dict[str, Any]], label_s
         pred = read_prediction_2d(c["prediction"]) >= threshold
         gt = read_mask_2d(c["label"], threshold=mask_threshold)
         gt_vol, pred_vol = (LabelVolume(a.astype(np.uint8), None, (1.0, 1.0), True) for a in (gt, pred))
-        save_overlay(folder / f"{tag}_{rank}_{c['case']}.png", gt_vol, pred_vol, ls,
-                     f"{c['case']}: Dice {c['dice']:.3f}, IoU {c['iou']:.3f}", image=read_image_2d(c["image"]))
+        save_overlay(
+            folder / f"{tag}_{rank}_{c['case']}.png",
+            gt_vol,
+            pred_vol,
+            ls,
+            f"{c['case']}: Dice {c['dice']:.3f}, IoU {c['iou']:.3f}",
+            image=read_image_2d(c["image"]),
+        )
 
     draw_overlays(cases, num_overlays, lambda c: c["dice"], lambda c: c["case"], draw)
 
@@ -187,12 +194,20 @@ def evaluate_2d_predictions(
         counts = pooled_confusion_dice_iou([pred], [gt], threshold=threshold)
         # per-image scores as per_image_dice_iou (no smoothing): both masks empty scores 1
         one = confusion_summary(*(counts[k] for k in ("tp", "fp", "fn", "tn")), empty_score=1.0)
-        cases.append({
-            "case": case, "test_set": str(item.get("test_set") or default_set), "image": item["image"],
-            "label": item["label"], "prediction": str(pred_path), "dice": one["dice"], "iou": one["miou"],
-            "pred_pixels": counts["tp"] + counts["fp"], "gt_pixels": counts["tp"] + counts["fn"],
-            "counts": {k: counts[k] for k in ("tp", "fp", "fn", "tn")},
-        })
+        cases.append(
+            {
+                "case": case,
+                "test_set": str(item.get("test_set") or default_set),
+                "image": item["image"],
+                "label": item["label"],
+                "prediction": str(pred_path),
+                "dice": one["dice"],
+                "iou": one["miou"],
+                "pred_pixels": counts["tp"] + counts["fp"],
+                "gt_pixels": counts["tp"] + counts["fn"],
+                "counts": {k: counts[k] for k in ("tp", "fp", "fn", "tn")},
+            }
+        )
     if not cases:
         reasons = "; ".join(f["reason"] for f in failed[:3])
         raise DataError(f"{prediction_dir}: no prediction of split {split!r} of {datalist} could be evaluated ({reasons})")
@@ -217,8 +232,7 @@ def evaluate_2d_predictions(
         names = sorted({c["test_set"] for c in cases})
         for name in _test_set_order(names, info.get("test_sets", [])):
             group = [c for c in cases if c["test_set"] == name]
-            summary["test_sets"][name] = {"num_images": len(group), **_per_image(group),
-                                          "n_gt_empty": sum(c["gt_pixels"] == 0 for c in group)}
+            summary["test_sets"][name] = {"num_images": len(group), **_per_image(group), "n_gt_empty": sum(c["gt_pixels"] == 0 for c in group)}
     summary["cases"] = cases
     summary["failed"] = failed
     summary["sources"] = {"datalist": str(datalist), "split": split, "pred_dir": str(prediction_dir)}

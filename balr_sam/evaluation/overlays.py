@@ -219,9 +219,7 @@ def save_overlay(
     panels = ([("Image", None)] if img2 is not None else []) + [("Ground truth", gt2), ("Prediction", pr2)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.8), squeeze=False)
     for axis, (name, lab) in zip(axes[0], panels):
-        axis.imshow(
-            base, cmap="gray" if base.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest", aspect=aspect
-        )
+        axis.imshow(base, cmap="gray" if base.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest", aspect=aspect)
         if lab is not None:
             axis.imshow(coloured(lab), interpolation="nearest", aspect=aspect)
         axis.set_title(name)

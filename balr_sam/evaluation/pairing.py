@@ -96,9 +96,7 @@ def list_case_files(folder: PathLike, what: str = "files") -> Dict[str, Path]:
     return found
 
 
-def _match(
-    left: Dict[str, Path], right: Dict[str, Path], tags: Sequence[str]
-) -> Tuple[List[Pair], Dict[str, Path], Dict[str, Path]]:
+def _match(left: Dict[str, Path], right: Dict[str, Path], tags: Sequence[str]) -> Tuple[List[Pair], Dict[str, Path], Dict[str, Path]]:
     """Exact-name matches first, then by :func:`case_key`; returns pairs and the leftovers."""
     pairs = [(s, left[s], right[s]) for s in left if s in right]
     rest_l = {s: p for s, p in left.items() if s not in right}

@@ -38,8 +38,9 @@ class SaveMask2Dd(MapTransform):
         allow_missing_keys: skip absent keys.
     """
 
-    def __init__(self, keys: Any, output_dir: PathLike, output_postfix: str = "", scale: int = 255,
-                 name_key: str = "image", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: Any, output_dir: PathLike, output_postfix: str = "", scale: int = 255, name_key: str = "image", allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
         self.output_postfix = output_postfix

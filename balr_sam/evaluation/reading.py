@@ -229,9 +229,7 @@ def check_pair_geometry(pred_path: Path, pred: LabelVolume, label_path: Path, la
         DataError: naming the prediction, the label and both shapes / spacings and origins.
     """
     if pred.data.shape != label.data.shape:
-        raise DataError(
-            f"{pred_path}: shape {pred.data.shape} does not match the label {label_path} shape {label.data.shape}"
-        )
+        raise DataError(f"{pred_path}: shape {pred.data.shape} does not match the label {label_path} shape {label.data.shape}")
     if pred.affine is not None and label.affine is not None:
         if not np.allclose(pred.affine, label.affine, rtol=1e-4, atol=1e-3):
             raise DataError(

@@ -173,10 +173,21 @@ def evaluate_folder(
     pred_dir, label_dir = Path(pred_dir), Path(label_dir)
     pairs, problems = pair_cases(pred_dir, label_dir)
     return evaluate_pairs(
-        pairs, output_dir, image_index=index_images(image_dir), problems=problems, label_set=label_set,
-        label_map=label_map, pred_label_map=pred_label_map, protocol=protocol, device=device,
-        method_name=method_name or pred_dir.resolve().name, num_overlays=num_overlays, overwrite=overwrite,
-        distance_method=distance_method, progress=progress, sources={"pred_dir": str(pred_dir), "label_dir": str(label_dir)},
+        pairs,
+        output_dir,
+        image_index=index_images(image_dir),
+        problems=problems,
+        label_set=label_set,
+        label_map=label_map,
+        pred_label_map=pred_label_map,
+        protocol=protocol,
+        device=device,
+        method_name=method_name or pred_dir.resolve().name,
+        num_overlays=num_overlays,
+        overwrite=overwrite,
+        distance_method=distance_method,
+        progress=progress,
+        sources={"pred_dir": str(pred_dir), "label_dir": str(label_dir)},
     )
 
 
@@ -227,9 +238,7 @@ def evaluate_pairs(
     cases: List[CaseResult] = []
     for case, pred_path, label_path in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
         try:
-            res, _, _ = evaluate_case(
-                case, pred_path, label_path, lset, label_map, pred_label_map, protocol, dev, distance_method
-            )
+            res, _, _ = evaluate_case(case, pred_path, label_path, lset, label_map, pred_label_map, protocol, dev, distance_method)
         except DataError as err:
             failed.append((case, str(err)))
             print(f"balr-sam evaluate: case {case} failed: {err}", file=sys.stderr)
@@ -287,8 +296,8 @@ def evaluate_pairs(
                 problem = None
                 if image.shape[: label.data.ndim] != label.data.shape:
                     problem = f"shape {image.shape} does not match the label {res.label_path} {label.data.shape}"
-                elif image_affine is not None and label.affine is not None and not np.allclose(
-                    image_affine, label.affine, rtol=1e-4, atol=1e-3
+                elif (
+                    image_affine is not None and label.affine is not None and not np.allclose(image_affine, label.affine, rtol=1e-4, atol=1e-3)
                 ):  # the overlay orients the image by the label's affine
                     problem = f"voxel-to-world affine does not match the label {res.label_path}"
                 if problem:
@@ -298,8 +307,7 @@ def evaluate_pairs(
             title = f"{res.case} ({tag} {rank}): mean Dice {res.mean_dice:.3f}"
             index = save_overlay(out, label, pred, lset, title, image)
             files.append(out)
-            return {"file": str(out.relative_to(output_dir)), "case": res.case, "kind": tag,
-                    "rank": rank, "slice": index, "mean_dice": res.mean_dice}
+            return {"file": str(out.relative_to(output_dir)), "case": res.case, "kind": tag, "rank": rank, "slice": index, "mean_dice": res.mean_dice}
 
         overlays = draw_overlays(cases, num_overlays, lambda c: c.mean_dice, lambda c: c.case, draw)
     summary["overlays"] = overlays

@@ -65,7 +65,15 @@ class BundlePredictor:
         CheckpointError: weights of another network configuration or other SAM base weights.
     """
 
-    def __init__(self, bundle_dir: Path, checkpoint: Optional[Path] = None, sam_checkpoint: Optional[Path] = None, config_files: Tuple[Path, ...] = (), overrides: Optional[dict] = None, check_base: bool = True) -> None:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        checkpoint: Optional[Path] = None,
+        sam_checkpoint: Optional[Path] = None,
+        config_files: Tuple[Path, ...] = (),
+        overrides: Optional[dict] = None,
+        check_base: bool = True,
+    ) -> None:
         from monai.bundle import ConfigParser
 
         from balr_sam.labels import get_label_set
@@ -127,7 +135,9 @@ class BundlePredictor:
         # a label map whose grid is not the input's
         expected = tuple(int(s) for s in np.asarray(image.meta["spatial_shape"]))
         if labels.shape != expected:
-            raise DataError(f"{item.image}: prediction shape {labels.shape} does not match the input's {expected} (not inverted to the original geometry); not written")
+            raise DataError(
+                f"{item.image}: prediction shape {labels.shape} does not match the input's {expected} (not inverted to the original geometry); not written"
+            )
         return labels, np.asarray(image.meta["original_affine"], dtype=np.float64)
 
     def __call__(self, item: InferenceItem) -> Tuple[np.ndarray, Optional[np.ndarray]]:

@@ -80,7 +80,16 @@ class StreamingVolumeSegmenter:
             network sees one input shape and compiles once.
     """
 
-    def __init__(self, network: torch.nn.Module, preprocessing: Compose, batch_size: int, device: torch.device, amp: bool = False, key: str = "image", fixed_batch: bool = False) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        preprocessing: Compose,
+        batch_size: int,
+        device: torch.device,
+        amp: bool = False,
+        key: str = "image",
+        fixed_batch: bool = False,
+    ) -> None:
         self.network = network
         self.preprocessing = preprocessing
         self.batch_size = int(batch_size)

@@ -18,8 +18,8 @@ from typing import Any, Mapping, Optional
 import torch
 
 from balr_sam.errors import CheckpointError
-from balr_sam.networks.bases import get_base
 from balr_sam.networks.balr_sam import BALRSAM, BALRSAMConfig, build_balr_sam
+from balr_sam.networks.bases import get_base
 from balr_sam.networks.trainable import base_fingerprint, fingerprints_match, load_trainable_checkpoint, load_trainable_state_dict
 from balr_sam.types import PathLike
 
@@ -60,11 +60,14 @@ def load_trained_weights(network: torch.nn.Module, checkpoint: PathLike, merge: 
         CheckpointError: unreadable file, other architecture (variant, classes, input size,
             ranks), or other SAM base weights.
     """
-    return _load_into(unwrap_balr_sam(network), load_trainable_checkpoint(checkpoint), checkpoint, merge=merge, check_base=check_base,
-                      base="the bundle's sam_checkpoint")
+    return _load_into(
+        unwrap_balr_sam(network), load_trainable_checkpoint(checkpoint), checkpoint, merge=merge, check_base=check_base, base="the bundle's sam_checkpoint"
+    )
 
 
-def load_balr_sam(checkpoint: PathLike, sam_checkpoint: Optional[PathLike] = None, device: Optional[torch.device] = None, allow_base_mismatch: bool = False) -> BALRSAM:
+def load_balr_sam(
+    checkpoint: PathLike, sam_checkpoint: Optional[PathLike] = None, device: Optional[torch.device] = None, allow_base_mismatch: bool = False
+) -> BALRSAM:
     """Rebuild a trained BALR-SAM from its checkpoint alone: the network its configuration names, on
     the base SAM weights of ``sam_checkpoint``, then :func:`load_trained_weights`'s loading.
 

@@ -148,9 +148,7 @@ def _nearest_kdtree(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, tor
     )
 
 
-def _nearest_edt(
-    surf_a: torch.Tensor, surf_b: torch.Tensor, spacing: Tuple[float, ...]
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def _nearest_edt(surf_a: torch.Tensor, surf_b: torch.Tensor, spacing: Tuple[float, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
     """medpy's algorithm: EDT of the complement of one surface, read at the other's voxels (CPU)."""
     from scipy.ndimage import distance_transform_edt
 
@@ -255,7 +253,6 @@ def hd95(
         return torch.tensor(float("nan"), dtype=torch.float64, device=p.device)
     d_pg, d_gp = surface_distances(p, g, spacing=spacing, method=method, chunk_size=chunk_size)
     return _percentile(torch.cat([d_pg, d_gp]), 95.0)
-
 
 
 def hd95_voxel_and_mm(

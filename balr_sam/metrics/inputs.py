@@ -63,4 +63,3 @@ def class_masks(labels: ArrayLike, classes: Sequence[int]) -> torch.Tensor:
     lab = as_label_tensor(labels)
     ids = torch.as_tensor(list(classes), device=lab.device, dtype=torch.int64)
     return lab.unsqueeze(0) == ids.view(-1, *([1] * lab.ndim))
-

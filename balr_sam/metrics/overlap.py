@@ -39,10 +39,7 @@ def iou(pred: ArrayLike, gt: ArrayLike) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float("nan")))
 
 
-
-def confusion_counts(
-    pred: ArrayLike, gt: ArrayLike, num_values: Optional[int] = None, chunk_voxels: int = 2**24
-) -> torch.Tensor:
+def confusion_counts(pred: ArrayLike, gt: ArrayLike, num_values: Optional[int] = None, chunk_voxels: int = 2**24) -> torch.Tensor:
     """Confusion matrix ``C[g, p]`` (int64) of two label maps, all classes in one pass.
 
     Computed with ``torch.bincount`` on ``g * M + p`` in chunks of ``chunk_voxels`` voxels (bounded
@@ -69,4 +66,3 @@ def confusion_counts(
         idx = g[start : start + chunk_voxels].to(torch.int64) * m + p[start : start + chunk_voxels].to(torch.int64)
         counts += torch.bincount(idx, minlength=m * m)
     return counts.view(m, m)
-

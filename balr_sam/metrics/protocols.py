@@ -240,4 +240,3 @@ def summarize_metrics(
     summary["mean"] = mean
     summary["empty_counts"] = {key: int(sum(v)) for key, v in counts.items()}
     return summary
-

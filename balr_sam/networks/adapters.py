@@ -40,7 +40,9 @@ class LoRALinear(nn.Linear):
     Shapes: input ``(..., in_features)``, output ``(..., out_features)``.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rank: int, alpha: Optional[float] = None, dropout: float = 0.0, device=None, dtype=None) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, rank: int, alpha: Optional[float] = None, dropout: float = 0.0, device=None, dtype=None
+    ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if rank <= 0:
             raise ValueError(f"adapter rank must be positive, got {rank}")
@@ -59,7 +61,16 @@ class LoRALinear(nn.Linear):
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int, alpha: Optional[float] = None, dropout: float = 0.0) -> "LoRALinear":
         """Wrap an existing linear layer, sharing its weight and bias tensors."""
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, rank=rank, alpha=alpha, dropout=dropout, device=linear.weight.device, dtype=linear.weight.dtype)
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            rank=rank,
+            alpha=alpha,
+            dropout=dropout,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         new.weight = linear.weight
         new.bias = linear.bias
         new.weight.requires_grad_(False)

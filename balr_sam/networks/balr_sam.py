@@ -110,7 +110,9 @@ class BALRSAM(nn.Module):
         if self.image_encoder.img_size != self.img_size:
             raise ValueError(f"SAM was built for {self.image_encoder.img_size} inputs, config says {self.img_size}")
         if config.use_adapters:
-            inject_adapters(self.image_encoder, targets=self.base.adapter_targets, rank=config.adapter_rank, alpha=config.adapter_alpha, dropout=config.adapter_dropout)
+            inject_adapters(
+                self.image_encoder, targets=self.base.adapter_targets, rank=config.adapter_rank, alpha=config.adapter_alpha, dropout=config.adapter_dropout
+            )
         if config.fast_attention:
             use_sdpa_attention(self.image_encoder)
         if config.channels_last:

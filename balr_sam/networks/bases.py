@@ -164,7 +164,13 @@ class SamBase:
     def defaults(self) -> Dict[str, Any]:
         return dict(self.option_defaults)
 
-    def build_sam(self, img_size: Optional[int] = None, sam_checkpoint: Optional[PathLike] = None, device: Optional[torch.device] = None, encoder_device: Optional[torch.device] = None) -> Sam:
+    def build_sam(
+        self,
+        img_size: Optional[int] = None,
+        sam_checkpoint: Optional[PathLike] = None,
+        device: Optional[torch.device] = None,
+        encoder_device: Optional[torch.device] = None,
+    ) -> Sam:
         """Build this base's :class:`Sam` with its weights (:attr:`weights`) loaded.
 
         Tensors on the ``meta`` device (``encoder_device=torch.device("meta")``: shapes only) are

@@ -74,9 +74,7 @@ class MultiDilationFusion(nn.Module):
     def __init__(self, channels: int, dilations: Sequence[int] = (1, 2, 3)) -> None:
         super().__init__()
         self.branches = nn.ModuleList(DSConv(channels, channels, dilation=d) for d in dilations)
-        self.fuse = nn.Sequential(
-            nn.Conv2d(channels * (len(dilations) + 1), channels, 1, bias=False), nn.BatchNorm2d(channels), nn.GELU()
-        )
+        self.fuse = nn.Sequential(nn.Conv2d(channels * (len(dilations) + 1), channels, 1, bias=False), nn.BatchNorm2d(channels), nn.GELU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat([x] + [branch(x) for branch in self.branches], dim=1))

@@ -12,10 +12,9 @@ the fly; tables are found by shape, not by block index, so every variant is hand
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
-from typing import Dict, Mapping, Union
+from typing import Dict, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,6 @@ __all__ = [
     "load_sam_weights",
     "official_state_dict",
 ]
-
 
 
 def safe_torch_load(path: PathLike, map_location: object = "cpu") -> object:
@@ -83,9 +81,7 @@ def _resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
     return out.reshape(-1, length).permute(1, 0).to(table.dtype)
 
 
-def resize_position_tables(
-    state_dict: Mapping[str, torch.Tensor], target_shapes: Mapping[str, torch.Size]
-) -> Dict[str, torch.Tensor]:
+def resize_position_tables(state_dict: Mapping[str, torch.Tensor], target_shapes: Mapping[str, torch.Size]) -> Dict[str, torch.Tensor]:
     """Resize position embeddings and relative-position tables to the shapes of a model.
 
     Args:

@@ -23,7 +23,9 @@ from torch import nn
 __all__ = ["SDPAAttention", "decomposed_rel_pos_bias", "use_sdpa_attention", "use_sam_attention"]
 
 
-def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, q_size: Tuple[int, int], k_size: Tuple[int, int]) -> torch.Tensor:
+def decomposed_rel_pos_bias(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, q_size: Tuple[int, int], k_size: Tuple[int, int]
+) -> torch.Tensor:
     """SAM's decomposed relative-position term as an additive mask ``(B, q_h*q_w, k_h*k_w)``.
 
     ``q`` is ``(B, q_h*q_w, C)`` (unscaled queries, ``B`` = batch x heads), as in

@@ -141,7 +141,9 @@ def convert_decoder_attention(transformer: nn.Module, rank_ratio: float) -> int:
     return len(replaced)
 
 
-def attention_approximation_error(reference: nn.Module, low_rank: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: Optional[float] = 1e-12) -> float:
+def attention_approximation_error(
+    reference: nn.Module, low_rank: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: Optional[float] = 1e-12
+) -> float:
     """Relative Frobenius error ``|A_lr(q,k,v) - A(q,k,v)| / |A(q,k,v)|`` of a converted attention."""
     with torch.no_grad():
         ref = reference(q=q, k=k, v=v)

@@ -46,7 +46,9 @@ class QVLoRALinear(LoRALinear):
         ValueError: ``rank <= 0`` or ``out_features`` is not a multiple of 3.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rank: int, alpha: Optional[float] = None, dropout: float = 0.0, device=None, dtype=None) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, rank: int, alpha: Optional[float] = None, dropout: float = 0.0, device=None, dtype=None
+    ) -> None:
         if rank <= 0:
             raise ValueError(f"adapter rank must be positive, got {rank}")
         if out_features % 3:

@@ -36,7 +36,13 @@ def parameter_report(model: BALRSAM) -> Dict[str, Any]:
         and ``prompt_encoder (frozen SAM)``.
     """
     named = list(model.named_parameters())
-    groups: Dict[str, List[nn.Parameter]] = {"adapters": [], "cden": [], "mask_decoder": [], "image_encoder (frozen SAM)": [], "prompt_encoder (frozen SAM)": []}
+    groups: Dict[str, List[nn.Parameter]] = {
+        "adapters": [],
+        "cden": [],
+        "mask_decoder": [],
+        "image_encoder (frozen SAM)": [],
+        "prompt_encoder (frozen SAM)": [],
+    }
     for name, param in named:
         if ".lora_" in name:
             groups["adapters"].append(param)
@@ -76,7 +82,9 @@ def _qkv_channels(module: nn.Module) -> int:
     return module.internal_dim
 
 
-def measure_attention_memory(model: nn.Module, run: Callable[[], Any], attention_types: Tuple[type, ...] = (Attention, LowRankTensorAttention)) -> AttentionMemory:
+def measure_attention_memory(
+    model: nn.Module, run: Callable[[], Any], attention_types: Tuple[type, ...] = (Attention, LowRankTensorAttention)
+) -> AttentionMemory:
     """Count Q/K/V activation bytes and saved-for-backward bytes inside attention modules.
 
     Args:
@@ -173,7 +181,12 @@ def decoder_memory_comparison(model: BALRSAM, batch: int = 1) -> Dict[str, Any]:
     grid = model.embedding_size
     sam_decoder = MaskDecoder(
         transformer_dim=spec_dim,
-        transformer=TwoWayTransformer(depth=transformer.depth, embedding_dim=spec_dim, mlp_dim=transformer.layers[0].mlp.lin1.out_features, num_heads=transformer.layers[0].self_attn.num_heads),
+        transformer=TwoWayTransformer(
+            depth=transformer.depth,
+            embedding_dim=spec_dim,
+            mlp_dim=transformer.layers[0].mlp.lin1.out_features,
+            num_heads=transformer.layers[0].self_attn.num_heads,
+        ),
         num_multimask_outputs=model.num_classes - 1,
     ).to(device)
     embedding, image_pe, dense = decoder_inputs(model, batch)

@@ -94,7 +94,9 @@ def load_trainable_state_dict(model: BALRSAM, state_dict: Mapping[str, torch.Ten
     expected = {k: v.shape for k, v in model.state_dict().items() if not model.is_base_key(k)}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
-    wrong = [f"{k}: expected {tuple(expected[k])}, found {tuple(state_dict[k].shape)}" for k in expected if k in state_dict and state_dict[k].shape != expected[k]]
+    wrong = [
+        f"{k}: expected {tuple(expected[k])}, found {tuple(state_dict[k].shape)}" for k in expected if k in state_dict and state_dict[k].shape != expected[k]
+    ]
     if missing or unexpected or wrong:
         parts = []
         if wrong:

@@ -17,8 +17,7 @@ __all__ = ["dicom_geometry", "dicom_series_files", "is_dicom_series_dir", "read_
 
 _DICOM_NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "SR", "PR", "KO", "REG", "RTPLAN", "RTDOSE"}
 _DICOM_SKIP_NAMES = {"DICOMDIR", "LICENSE", "README", "Thumbs.db", ".DS_Store"}
-_DICOM_SKIP_SUFFIXES = (".txt", ".json", ".xml", ".csv", ".md", ".nii", ".gz", ".png", ".jpg", ".jpeg",
-                        ".nrrd", ".zip", ".py", ".html", ".pdf")
+_DICOM_SKIP_SUFFIXES = (".txt", ".json", ".xml", ".csv", ".md", ".nii", ".gz", ".png", ".jpg", ".jpeg", ".nrrd", ".zip", ".py", ".html", ".pdf")
 
 
 def dicom_series_files(folder: PathLike) -> List[Path]:
@@ -150,8 +149,7 @@ def dicom_geometry(folder: Path, series_uid: Optional[str] = None) -> dict:
         if np.any(np.abs(steps - step) > max(0.01 * abs(step), 1e-3)):
             bad = int(np.argmax(np.abs(steps - step)))
             raise DataError(
-                f"{folder}: non-uniform slice spacing ({steps[bad]:.3f} mm after {items[bad][0].name}, "
-                f"median {step:.3f} mm): missing or extra slices"
+                f"{folder}: non-uniform slice spacing ({steps[bad]:.3f} mm after {items[bad][0].name}, median {step:.3f} mm): missing or extra slices"
             )
         slice_vec = (positions[-1] - positions[0]) / (len(items) - 1)
     else:

@@ -46,9 +46,7 @@ def _grid_transform(
         if spatial != ref_shape:
             raise DataError(f"{path}: label shape {spatial} does not match image shape {ref_shape} of {ref_path}")
         return np.array([[i, 1] for i in range(len(spatial))])
-    transform = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(ref_affine)
-    )
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), nib.orientations.io_orientation(ref_affine))
     new_shape = [0, 0, 0]
     for axis, (dst_axis, _) in enumerate(transform):
         new_shape[int(dst_axis)] = spatial[axis]

@@ -58,9 +58,7 @@ def require_finite(path: PathLike, array: np.ndarray) -> None:
             bad = np.argwhere(~finite)
             n_nan = int(np.isnan(array).sum())
             n_inf = int(bad.shape[0] - n_nan)
-            raise DataError(
-                f"{path}: contains {n_nan} NaN and {n_inf} Inf voxels (first at index {tuple(int(i) for i in bad[0])})"
-            )
+            raise DataError(f"{path}: contains {n_nan} NaN and {n_inf} Inf voxels (first at index {tuple(int(i) for i in bad[0])})")
         if array.dtype.itemsize > 4 and array.size:
             too_big = np.abs(array) > _FLOAT32_MAX
             if too_big.any():

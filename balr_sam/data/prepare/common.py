@@ -131,7 +131,8 @@ def list_files(folder: Path, suffixes: Sequence[str], exclude: Callable[[str], b
         DataError: the folder cannot be listed.
     """
     return [
-        f for f in list_folder(folder)  # already sorted
+        f
+        for f in list_folder(folder)  # already sorted
         if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(tuple(suffixes)) and not exclude(f.name)
     ]
 
@@ -212,12 +213,16 @@ def pair_2d(
         if stem in stems:
             raise DataError(f"{f}: two images with the same name stem (also {stems[stem].name})")
         stems[stem] = f
-    failures.unpaired([stems[s] for s in sorted(stems) if mask_name(s) not in masks],
-                      lambda f: f"no matching mask {mask_name(strip_suffix(f.name))}.* in {mask_dir}",
-                      lambda f: strip_suffix(f.name), "image")
+    failures.unpaired(
+        [stems[s] for s in sorted(stems) if mask_name(s) not in masks],
+        lambda f: f"no matching mask {mask_name(strip_suffix(f.name))}.* in {mask_dir}",
+        lambda f: strip_suffix(f.name),
+        "image",
+    )
     expected = {mask_name(s) for s in stems}
-    failures.unpaired([masks[m] for m in sorted(masks) if m not in expected],
-                      lambda f: f"mask without an image in {image_dir}", lambda f: strip_suffix(f.name), "label")
+    failures.unpaired(
+        [masks[m] for m in sorted(masks) if m not in expected], lambda f: f"mask without an image in {image_dir}", lambda f: strip_suffix(f.name), "label"
+    )
     cases = []
     for s in sorted(s for s in stems if mask_name(s) in masks):
         image, mask = stems[s], masks[mask_name(s)]

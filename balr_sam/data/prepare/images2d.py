@@ -74,8 +74,7 @@ def prepare_images2d(
         def is_mask(name: str) -> bool:
             return strip_suffix(name).endswith(mask_suffix)
 
-        cases = pair_2d(image_dir, mask_dir, lambda s: f"{s}{mask_suffix}", exclude=is_mask,
-                        mask_exclude=lambda name: not is_mask(name), failures=failures)
+        cases = pair_2d(image_dir, mask_dir, lambda s: f"{s}{mask_suffix}", exclude=is_mask, mask_exclude=lambda name: not is_mask(name), failures=failures)
     else:
         cases = pair_2d(image_dir, mask_dir, lambda s: f"{s}{mask_suffix}", failures=failures)
     failures.check_any_left(len(cases))
@@ -88,8 +87,15 @@ def prepare_images2d(
     return make_datalist(
         name=name or root.name,
         description=f"2D images ({images}/) with binary masks ({masks}/<name>{mask_suffix}.*)",
-        fmt="image2d", modality=modality, label_set=label_set, label_map="identity",
-        split="fraction", cases=out, notes=notes,
-        output=output, source=root, overwrite=overwrite,
+        fmt="image2d",
+        modality=modality,
+        label_set=label_set,
+        label_map="identity",
+        split="fraction",
+        cases=out,
+        notes=notes,
+        output=output,
+        source=root,
+        overwrite=overwrite,
         extra={"mask_threshold": mask_threshold, "seed": seed},
     )

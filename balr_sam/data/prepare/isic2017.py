@@ -59,7 +59,9 @@ def prepare_isic2017(
         if not gt_dir.exists():
             raise DataError(f"{gt_dir}: no such folder (ISIC 2017 {split} ground truth)")
         cases[split] = pair_2d(
-            data_dir, gt_dir, lambda s: f"{s}_segmentation",
+            data_dir,
+            gt_dir,
+            lambda s: f"{s}_segmentation",
             image_suffixes=(".jpg", ".jpeg", ".png"),
             exclude=lambda n: "_superpixels" in n,
             mask_exclude=lambda n: "_superpixels" in n,
@@ -70,7 +72,15 @@ def prepare_isic2017(
     return make_datalist(
         name="ISIC 2017 lesion segmentation",
         description="ISIC 2017 Part 1 dermoscopy images with binary lesion masks, official training/validation/test folders",
-        fmt="image2d", modality="dermoscopy", label_set="isic2017", label_map="identity",
-        split="official", cases=cases, output=output, source=root, notes=notes, overwrite=overwrite,
+        fmt="image2d",
+        modality="dermoscopy",
+        label_set="isic2017",
+        label_map="identity",
+        split="official",
+        cases=cases,
+        output=output,
+        source=root,
+        notes=notes,
+        overwrite=overwrite,
         extra={"mask_threshold": mask_threshold},
     )

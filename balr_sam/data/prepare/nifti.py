@@ -162,8 +162,9 @@ def prepare_nifti(
             found.append((stem, v, label))
         failures.unpaired(missing, lambda f: f"no matching label {_stem(f)}{label_suffix}.nii.gz in {lab_dir}", _stem, "image")
         if lab_dir is not None:
-            orphans = [f for f in list_files(lab_dir, VOLUME_SUFFIXES)
-                       if f.resolve() not in used and (not same_dir or strip_suffix(f.name).endswith(label_suffix))]
+            orphans = [
+                f for f in list_files(lab_dir, VOLUME_SUFFIXES) if f.resolve() not in used and (not same_dir or strip_suffix(f.name).endswith(label_suffix))
+            ]
             failures.unpaired(orphans, lambda f: f"label without an image in {img_dir}", _stem, "label")
     cases: Dict[str, dict] = {}
     unlabeled: List[dict] = []
@@ -186,7 +187,15 @@ def prepare_nifti(
     return make_datalist(
         name=name or root.name,
         description="CT volumes (NIfTI/DICOM)" + (f", labels in {label_map!r} numbering" if cases else ", no labels"),
-        fmt="volume", modality=modality, label_set=label_set, label_map=label_map,
-        split="fraction", cases=out, output=output, source=root, notes=notes, overwrite=overwrite,
+        fmt="volume",
+        modality=modality,
+        label_set=label_set,
+        label_map=label_map,
+        split="fraction",
+        cases=out,
+        output=output,
+        source=root,
+        notes=notes,
+        overwrite=overwrite,
         extra={"seed": seed},
     )

@@ -105,8 +105,15 @@ def prepare_polyp(
     return make_datalist(
         name="Polyp segmentation (PraNet protocol)",
         description="Colonoscopy images with binary polyp masks: PraNet's TrainDataset and five test sets",
-        fmt="image2d", modality="endoscopy", label_set="polyp", label_map="identity",
-        split="official", cases=cases,
-        output=output, source=root, notes=notes, overwrite=overwrite,
+        fmt="image2d",
+        modality="endoscopy",
+        label_set="polyp",
+        label_map="identity",
+        split="official",
+        cases=cases,
+        output=output,
+        source=root,
+        notes=notes,
+        overwrite=overwrite,
         extra={"mask_threshold": mask_threshold, "test_sets": test_sets},
     )

@@ -96,8 +96,7 @@ def prepare_synapse(
     if layout == "raw":
         return _prepare_synapse_raw(root, output, split, val_fraction, test_fraction, seed, overwrite, CaseFailures(skip_bad))
     if layout == "npz":
-        return prepare_synapse_npz(root, output, val_fraction=val_fraction or 0.0, seed=seed, list_dir=list_dir,
-                                   overwrite=overwrite, skip_bad=skip_bad)
+        return prepare_synapse_npz(root, output, val_fraction=val_fraction or 0.0, seed=seed, list_dir=list_dir, overwrite=overwrite, skip_bad=skip_bad)
     raise ValueError(f"unknown Synapse layout {layout!r}; use 'auto', 'raw' or 'npz'")
 
 
@@ -125,8 +124,9 @@ def _btcv_files(folder: Path, pattern: re.Pattern, what: str) -> Tuple[Dict[int,
     return found, others
 
 
-def _prepare_synapse_raw(root: Path, output: Optional[PathLike], split: str, val_fraction: Optional[float],
-                         test_fraction: float, seed: int, overwrite: bool, failures: CaseFailures) -> dict:
+def _prepare_synapse_raw(
+    root: Path, output: Optional[PathLike], split: str, val_fraction: Optional[float], test_fraction: float, seed: int, overwrite: bool, failures: CaseFailures
+) -> dict:
     train_dir = _find_btcv_training(root)
     if train_dir is None:
         raise DataError(f"{root}: no img/ folder (raw BTCV layout img/imgXXXX.nii.gz + label/labelXXXX.nii.gz)")
@@ -139,12 +139,18 @@ def _prepare_synapse_raw(root: Path, output: Optional[PathLike], split: str, val
         raise DataError(f"{lab_dir}: no such folder: raw BTCV training images need their label/labelXXXX.nii.gz")
     labels, other_labs = _btcv_files(lab_dir, _BTCV_LAB, "label")
     case_of = {f: f"{c:04d}" for c, f in list(images.items()) + list(labels.items())}
-    failures.unpaired([images[c] for c in sorted(images) if c not in labels],
-                      lambda f: f"no matching label (expected {lab_dir / f.name.replace('img', 'label', 1)})",
-                      case_of.get, "image")
-    failures.unpaired([labels[c] for c in sorted(labels) if c not in images],
-                      lambda f: f"label without an image (expected {img_dir / f.name.replace('label', 'img', 1)})",
-                      case_of.get, "label")
+    failures.unpaired(
+        [images[c] for c in sorted(images) if c not in labels],
+        lambda f: f"no matching label (expected {lab_dir / f.name.replace('img', 'label', 1)})",
+        case_of.get,
+        "image",
+    )
+    failures.unpaired(
+        [labels[c] for c in sorted(labels) if c not in images],
+        lambda f: f"label without an image (expected {img_dir / f.name.replace('label', 'img', 1)})",
+        case_of.get,
+        "label",
+    )
     notes = [f"ignored non-BTCV file {img_dir.name}/{n}" for n in other_imgs]
     notes += [f"ignored non-BTCV file {lab_dir.name}/{n}" for n in other_labs]
     cases: Dict[int, dict] = {}
@@ -164,7 +170,8 @@ def _prepare_synapse_raw(root: Path, output: Optional[PathLike], split: str, val
     if split == "auto":
         split = "transunet" if transunet_ids <= set(all_ids) else "fraction"
         notes.append(
-            "split 'auto': all 30 TransUNet cases present, TransUNet split used" if split == "transunet"
+            "split 'auto': all 30 TransUNet cases present, TransUNet split used"
+            if split == "transunet"
             else "split 'auto': the case numbers are not BTCV's 30 training cases, seeded fraction split used"
         )
     groups: Dict[str, List[int]]
@@ -202,7 +209,15 @@ def _prepare_synapse_raw(root: Path, output: Optional[PathLike], split: str, val
     return make_datalist(
         name="Synapse multi-organ CT (BTCV, raw)",
         description="BTCV abdominal CT, labels mapped from BTCV numbering to the 8 Synapse organs",
-        fmt="volume", modality="CT", label_set="synapse", label_map="btcv",
-        split=split, cases=out_cases, output=output, source=root, notes=notes, overwrite=overwrite,
+        fmt="volume",
+        modality="CT",
+        label_set="synapse",
+        label_map="btcv",
+        split=split,
+        cases=out_cases,
+        output=output,
+        source=root,
+        notes=notes,
+        overwrite=overwrite,
         extra={"seed": seed} if split == "fraction" or (val_fraction or 0) > 0 else None,
     )

@@ -116,11 +116,17 @@ def prepare_synapse_npz(
     failures.finish(cases, notes)
     return make_datalist(
         name="Synapse multi-organ CT (TransUNet preprocessed)",
-        description=("TransUNet's Synapse slices (train_npz) and test volumes (test_vol_h5), "
-                     "windowed to [-125, 275] HU and scaled to [0, 1]"),
-        fmt="transunet", modality="CT", label_set="synapse", label_map="identity",
-        split="transunet", cases=cases,
-        output=output, source=root, notes=notes, overwrite=overwrite,
+        description=("TransUNet's Synapse slices (train_npz) and test volumes (test_vol_h5), windowed to [-125, 275] HU and scaled to [0, 1]"),
+        fmt="transunet",
+        modality="CT",
+        label_set="synapse",
+        label_map="identity",
+        split="transunet",
+        cases=cases,
+        output=output,
+        source=root,
+        notes=notes,
+        overwrite=overwrite,
         extra={"seed": seed} if val_fraction > 0 else None,
     )
 
